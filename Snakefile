@@ -1,0 +1,50 @@
+# trackgnn: the Exa.TrkX GNN tracking pipeline as a Snakemake workflow.
+#   snakemake                          embedded default (config/config.yaml), local
+#   snakemake --configfile config/smoke.yaml
+#   snakemake --profile perlmutter     NERSC Perlmutter (SLURM)
+# Rules are thin: each calls one `trackgnn` subcommand; the logic lives in src/trackgnn.
+
+from snakemake.exceptions import WorkflowError
+
+from trackgnn.config import config_from_dict
+from trackgnn.errors import ConfigError
+from trackgnn.workflow import WorkflowContext
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    CFG = config_from_dict(config, "config (" + ", ".join(map(str, workflow.configfiles)) + ")")
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+CTX = WorkflowContext(CFG)
+RUN = str(CFG.run_dir)
+# The resolved config, content-addressed so every job reads exactly the config it was planned with.
+CONFIG = CTX.resolved_config_path()
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/graph.smk"
+include: "workflow/rules/gnn.smk"
+include: "workflow/rules/tracks.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{RUN}/report/summary.json",
+
+
+onstart:
+    shell(f"trackgnn runlog init --config {CONFIG} && trackgnn runlog start --config {CONFIG}")
+
+
+onsuccess:
+    shell(f"trackgnn runlog finish --config {CONFIG}")
+
+
+onerror:
+    shell(f"trackgnn runlog finish --status FAILED --config {CONFIG} || true")

@@ -1,0 +1,344 @@
+"""The ``trackgnn`` command line: one subcommand per pipeline stage.
+
+Every Snakemake rule calls one of these. Stage logic lives in the stage modules; this file only
+parses arguments, loads the typed config, and turns user errors into one-line messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from trackgnn.atomic import write_json_atomic
+from trackgnn.errors import TrackGNNError
+
+log = logging.getLogger("trackgnn")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be non-negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1)")
+    return value
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from trackgnn.config import config_from_dict, load_config
+
+    if getattr(args, "config", None):
+        return load_config(args.config)
+    return config_from_dict({}, "default config")
+
+
+@contextlib.contextmanager
+def _stage_run(cfg: Any, stage: str, section: str | None) -> Iterator[Any]:
+    """An MLflow stage run for this command (a no-op logger when MLflow is unreachable)."""
+    from trackgnn import runlog
+
+    params = cfg.to_dict() if section is None else cfg.section(section)
+    with runlog.stage_run(
+        stage,
+        params,
+        marker_path=cfg.run_dir / "pipeline_run.json",
+        tracking_uri=runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
+        experiment=cfg.mlflow.experiment,
+    ) as run:
+        yield run
+
+
+def _apply_threads(cfg: Any) -> None:
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from trackgnn.simulation import simulate_events
+
+    simulate_events(
+        n_events=args.events,
+        mu=args.mu,
+        seed=args.seed,
+        output_dir=args.output,
+        first_event_id=args.first_event_id,
+        generator=args.generator,
+        field=args.field,
+        noise_fraction=args.noise_fraction,
+    )
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from trackgnn.features import run_features
+
+    start = time.perf_counter()
+    features = run_features(args.event, args.output)
+    log.info(
+        "features: %s hits, %s truth edges in %.2f s -> %s",
+        len(features["hit_id"]),
+        features["truth_edges"].shape[1],
+        time.perf_counter() - start,
+        args.output,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    cfg = _load_config(args)
+    _apply_threads(cfg)
+    if args.model == "embedding":
+        from trackgnn.training.embedding import train_embedding
+
+        with _stage_run(cfg, "train_embedding", "embedding") as run:
+            train_embedding(cfg, args.train, args.val, args.output, run=run)
+    elif args.model == "filter":
+        from trackgnn.training.filter import train_filter
+
+        with _stage_run(cfg, "train_filter", "filter") as run:
+            train_filter(cfg, args.train, args.val, args.output, run=run)
+    else:
+        from trackgnn.training.gnn import train_gnn
+
+        train_gnn(cfg, args.train, args.val, args.output)
+
+
+def _per_event(
+    args: argparse.Namespace,
+    stage: str,
+    section: str,
+    fn: Callable[..., dict[str, Any]],
+) -> None:
+    """Run a per-event inference stage over pairs of (input, output) files as one MLflow run."""
+    cfg = _load_config(args)
+    _apply_threads(cfg)
+    if len(args.inputs) != len(args.outputs):
+        raise TrackGNNError(
+            f"{stage}: {len(args.inputs)} input file(s) but {len(args.outputs)} output file(s)"
+        )
+    with _stage_run(cfg, stage, section) as run:
+        for step, (inp, out) in enumerate(zip(args.inputs, args.outputs, strict=True)):
+            start = time.perf_counter()
+            metrics = fn(cfg, args.model, inp, out)
+            metrics["time_s"] = time.perf_counter() - start
+            metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            # Per-event metrics beside the output (declared as a rule output too).
+            write_json_atomic(Path(out).with_suffix(".json"), metrics)
+            run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step)
+
+
+def cmd_build_graph(args: argparse.Namespace) -> None:
+    from trackgnn.graph.construction import build_graph
+
+    _per_event(args, "build_graph", "graph", build_graph)
+
+
+def cmd_filter(args: argparse.Namespace) -> None:
+    from trackgnn.graph.construction import filter_graph
+
+    _per_event(args, "filter_graph", "filter", filter_graph)
+
+
+def cmd_score_edges(args: argparse.Namespace) -> None:
+    from trackgnn.training.gnn import score_edges
+
+    _per_event(args, "score_edges", "gnn", score_edges)
+
+
+def cmd_build_tracks(args: argparse.Namespace) -> None:
+    from trackgnn.tracks import run_build_tracks
+
+    cfg = _load_config(args)
+    with _stage_run(cfg, "build_tracks", "tracks") as run:
+        for step, (inp, out) in enumerate(zip(args.inputs, args.outputs, strict=True)):
+            run.log_metrics(run_build_tracks(cfg, inp, out), step)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from trackgnn.evaluation.report import run_evaluation
+
+    cfg = _load_config(args)
+    run_evaluation(cfg, args.event_ids, args.output_dir)
+
+
+def cmd_runlog(args: argparse.Namespace) -> None:
+    from trackgnn import runlog
+
+    cfg = _load_config(args)
+    uri = runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir)
+    marker = cfg.run_dir / "pipeline_run.json"
+    if args.action == "init":
+        runlog.init_store(uri, cfg.mlflow.experiment)
+    elif args.action == "start":
+        runlog.start_pipeline_run(
+            cfg.to_dict(), cfg.run, marker, tracking_uri=uri, experiment=cfg.mlflow.experiment
+        )
+    else:
+        import json
+
+        summary_path = cfg.run_dir / "report" / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        artifacts = sorted((cfg.run_dir / "report").glob("*")) if summary else []
+        runlog.finish_pipeline_run(marker, summary, artifacts, status=args.status)
+        if summary:
+            from trackgnn.evaluation.report import format_table
+
+            print(format_table(summary))
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from trackgnn import runlog
+
+    cfg = _load_config(args)
+    runlog.ui(
+        host=args.host,
+        port=args.port,
+        uri=runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
+    )
+
+
+def cmd_check_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    cfg = _load_config(args)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trackgnn", description="Exa.TrkX GNN track reconstruction pipeline stages."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", type=Path, help="config YAML (default: built-in defaults)")
+        return p
+
+    p = sub.add_parser("simulate", help="generate TrackML-format events on the TrackML geometry")
+    p.add_argument("--events", type=_positive_int, required=True, help="number of events")
+    p.add_argument("--mu", type=_positive_float, required=True, help="mean pile-up")
+    p.add_argument("--seed", type=_non_negative_int, required=True, help="random seed")
+    p.add_argument("--output", type=Path, required=True, help="output directory")
+    p.add_argument("--first-event-id", type=_non_negative_int, default=1000)
+    p.add_argument("--generator", choices=["parametric", "pythia8"], default="parametric")
+    p.add_argument("--field", choices=["solenoid", "uniform"], default="solenoid")
+    p.add_argument("--noise-fraction", type=_fraction, default=0.15, help="fraction of noise hits")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("features", help="per-hit features and truth graph of one event")
+    p.add_argument("--event", required=True, help="event prefix, e.g. DIR/event000001000")
+    p.add_argument("--output", type=Path, required=True, help="output tensor file (.pt)")
+    p.set_defaults(func=cmd_features)
+
+    p = with_config(sub.add_parser("train", help="train a model: embedding, filter or gnn"))
+    p.add_argument("model", choices=["embedding", "filter", "gnn"])
+    p.add_argument("--train", nargs="+", required=True, help="training event files")
+    p.add_argument("--val", nargs="+", required=True, help="validation event files")
+    p.add_argument("--output", type=Path, required=True, help="checkpoint to write")
+    p.set_defaults(func=cmd_train)
+
+    for name, func, help_text in (
+        ("build-graph", cmd_build_graph, "radius graph in the learned embedding (per event)"),
+        ("filter", cmd_filter, "remove edges with the filter MLP (per event)"),
+        ("score-edges", cmd_score_edges, "score edges with the interaction GNN (per event)"),
+    ):
+        p = with_config(sub.add_parser(name, help=help_text))
+        p.add_argument("--model", type=Path, required=True, help="model checkpoint")
+        p.add_argument("--inputs", nargs="+", required=True, help="input event tensor files")
+        p.add_argument("--outputs", nargs="+", required=True, help="output files, one per input")
+        p.set_defaults(func=func)
+
+    p = with_config(sub.add_parser("build-tracks", help="connected components of scored edges"))
+    p.add_argument("--inputs", nargs="+", required=True, help="scored graph files")
+    p.add_argument("--outputs", nargs="+", required=True, help="submission CSVs, one per input")
+    p.set_defaults(func=cmd_build_tracks)
+
+    p = with_config(sub.add_parser("evaluate", help="physics and edge metrics, plots, summary"))
+    p.add_argument("--event-ids", nargs="+", type=int, required=True, help="test event ids")
+    p.add_argument("--output-dir", type=Path, required=True, help="report directory")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = with_config(sub.add_parser("runlog", help="MLflow pipeline runs (used by the Snakefile)"))
+    p.add_argument("action", choices=["init", "start", "finish"])
+    p.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED"])
+    p.set_defaults(func=cmd_runlog)
+
+    p = with_config(sub.add_parser("ui", help="start the MLflow UI on the project's store"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive_int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+    p = with_config(sub.add_parser("check-config", help="validate a config and print it resolved"))
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    if args.debug:
+        os.environ["TRACKGNN_DEBUG"] = "1"
+    try:
+        args.func(args)
+    except TrackGNNError as err:
+        if args.debug:
+            raise
+        print(f"trackgnn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"trackgnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

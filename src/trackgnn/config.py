@@ -1,0 +1,268 @@
+"""Configuration: validated once at the edge against the JSON schema, then typed.
+
+The schema (``schemas/config.schema.yaml``, also at ``workflow/schemas/``) holds every default; this
+module fills them in, validates, and builds frozen dataclasses. Stage code receives a dataclass, never a
+raw dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+
+from trackgnn.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["simulate", "trackml"]
+    trackml_dir: str | None
+    first_event_id: int
+    train_events: int
+    val_events: int
+    test_events: int
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    mu: float
+    generator: Literal["parametric", "pythia8"]
+    field: Literal["solenoid", "uniform"]
+    noise_fraction: float
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    emb_dim: int
+    hidden: int
+    n_layers: int
+    activation: str
+    layer_norm: bool
+    margin: float
+    lr: float
+    epochs: int
+    random_pairs: float
+    knn_k: int
+    signal_pt: float
+    signal_weight: float
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    radius: float
+    k_max: int
+    chunk_size: int
+    backend: Literal["faiss", "torch"]
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    hidden: int
+    n_layers: int
+    activation: str
+    layer_norm: bool
+    lr: float
+    epochs: int
+    cut: float
+    chunk_edges: int
+    negative_ratio: float
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    depth: int
+    fanout: int
+    batch_size: int
+    sampler: Literal["bulk", "reference", "pyg"]
+    k: int
+    root_weight: float
+
+
+@dataclass(frozen=True)
+class GNNConfig:
+    hidden: int
+    n_iterations: int
+    mlp_layers: int
+    layer_norm: bool
+    skip: Literal["concat", "residual"]
+    checkpointing: bool
+    amp: bool
+    compile: bool
+    mode: Literal["full", "shadow"]
+    lr: float
+    epochs: int
+    world_size: int
+    pos_weight: float
+    shadow: ShadowConfig
+
+
+@dataclass(frozen=True)
+class TracksConfig:
+    score_cut: float
+    min_length: int
+    method: Literal["components", "walkthrough"]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    min_pt: float
+    max_eta: float
+    min_hits: int
+    signal_pt: float
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str | None
+    experiment: str
+
+
+@dataclass(frozen=True)
+class Config:
+    run: str
+    results_dir: str
+    seed: int
+    device: Literal["cpu", "cuda", "auto"]
+    threads: int
+    data: DataConfig
+    simulate: SimulateConfig
+    embedding: EmbeddingConfig
+    graph: GraphConfig
+    filter: FilterConfig
+    gnn: GNNConfig
+    tracks: TracksConfig
+    evaluation: EvaluationConfig
+    mlflow: MlflowConfig
+
+    @property
+    def run_dir(self) -> Path:
+        """``<results_dir>/<run>``: where every output of this run goes."""
+        return Path(self.results_dir) / self.run
+
+    def event_ids(self, split: Literal["train", "val", "test", "all"]) -> list[int]:
+        """Event ids of a split: consecutive id ranges in the order train, val, test."""
+        d = self.data
+        first = d.first_event_id
+        ranges = {
+            "train": range(first, first + d.train_events),
+            "val": range(first + d.train_events, first + d.train_events + d.val_events),
+            "test": range(
+                first + d.train_events + d.val_events,
+                first + d.train_events + d.val_events + d.test_events,
+            ),
+        }
+        if split == "all":
+            return [i for r in ranges.values() for i in r]
+        return list(ranges[split])
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A config section as a plain dict (for Snakemake params and MLflow params)."""
+        return dataclasses.asdict(getattr(self, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The config JSON schema (with defaults)."""
+    text = (resources.files("trackgnn") / "schemas" / "config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _fill_defaults(instance: Any, node: dict[str, Any]) -> Any:
+    """Recursively insert schema defaults for absent object properties."""
+    if not isinstance(instance, dict) or node.get("type") != "object":
+        return instance
+    for key, sub in node.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            instance[key] = _fill_defaults(instance[key], sub)
+    return instance
+
+
+def _error_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Fill defaults and validate; return the resolved dict or raise ConfigError naming the key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys to values")
+    resolved = _fill_defaults(copy.deepcopy(raw), schema())
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            where = _error_path(err)
+            key = ".".join([*([] if where == "<top level>" else [where]), extra[0]])
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        raise ConfigError(f"{source}: key '{_error_path(err)}': {err.message}")
+    if resolved["data"]["source"] == "trackml" and not resolved["data"]["trackml_dir"]:
+        raise ConfigError(f"{source}: key 'data.trackml_dir' is required when data.source is trackml")
+    return resolved
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        value = values[field.name]
+        if dataclasses.is_dataclass(field.type if isinstance(field.type, type) else None):
+            value = _build(field.type, value)
+        kwargs[field.name] = value
+    return cls(**kwargs)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "data": DataConfig,
+    "simulate": SimulateConfig,
+    "embedding": EmbeddingConfig,
+    "graph": GraphConfig,
+    "filter": FilterConfig,
+    "tracks": TracksConfig,
+    "evaluation": EvaluationConfig,
+    "mlflow": MlflowConfig,
+}
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw config mapping and return the typed :class:`Config`."""
+    resolved = validate_config(raw, source)
+    sections = {name: cls(**resolved[name]) for name, cls in _SECTION_TYPES.items()}
+    gnn = dict(resolved["gnn"])
+    gnn["shadow"] = ShadowConfig(**gnn["shadow"])
+    top = {k: resolved[k] for k in ("run", "results_dir", "seed", "device", "threads")}
+    return Config(**top, **sections, gnn=GNNConfig(**gnn))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config file, validate it and return the typed :class:`Config`."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return config_from_dict(raw, str(path))
+
+
+def section_hash(section: dict[str, Any]) -> str:
+    """Short stable hash of a config (section) for tags and cache keys."""
+    canonical = json.dumps(section, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

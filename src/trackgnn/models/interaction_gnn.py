@@ -1,0 +1,128 @@
+"""The Interaction GNN edge classifier (Algorithm 1 of the ShaDow scaling paper).
+
+One class serves every training mode (full graphs, ShaDow minibatches, data-parallel): it sees a
+graph as node features, edge features and a COO ``edge_index`` and returns one logit per edge.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from trackgnn.models.mlp import make_mlp
+
+EDGE_FEATURE_DIM = 4
+
+
+def edge_features(
+    r: Tensor, phi: Tensor, z: Tensor, eta: Tensor, edge_index: Tensor
+) -> Tensor:
+    """Geometric features of each edge [E, 4]: dr, dphi (wrapped to [-pi, pi)), dz, deta.
+
+    Lengths are in metres so all four are O(0.01-1).
+    """
+    src, dst = edge_index
+    dphi = torch.remainder(phi[dst] - phi[src] + torch.pi, 2 * torch.pi) - torch.pi
+    return torch.stack(
+        [(r[dst] - r[src]) / 1000.0, dphi, (z[dst] - z[src]) / 1000.0, eta[dst] - eta[src]], dim=1
+    )
+
+
+class InteractionLayer(nn.Module):
+    """One message-passing iteration of the Interaction Network.
+
+    The edge MLP sees ``[edge, source node, destination node]``; each node sums the new edge states
+    of the edges it is the destination of and of those it is the source of, and the node MLP sees
+    ``[sum as destination, sum as source, its own state]``.
+
+    Args:
+        node_in: width of the node input (hidden, or 2 x hidden with concatenated skips).
+        edge_in: width of the edge input.
+        hidden: width of the outputs.
+        mlp_layers: hidden layers per MLP.
+        layer_norm: LayerNorm in the MLPs.
+    """
+
+    def __init__(
+        self, node_in: int, edge_in: int, hidden: int, mlp_layers: int, layer_norm: bool
+    ) -> None:
+        super().__init__()
+        self.edge_mlp = make_mlp(
+            edge_in + 2 * node_in, hidden, hidden, mlp_layers, "silu", layer_norm
+        )
+        self.node_mlp = make_mlp(node_in + 2 * hidden, hidden, hidden, mlp_layers, "silu", layer_norm)
+
+    def forward(self, x: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the new node states [N, hidden] and edge states [E, hidden]."""
+        src, dst = edge_index
+        e_new = self.edge_mlp(torch.cat([e, x[src], x[dst]], dim=1))
+        # index_add_ in float32 even under autocast: sums of many low-precision messages drift.
+        e_sum = e_new.float()
+        m_dst = torch.zeros(x.shape[0], e_new.shape[1], device=x.device).index_add_(0, dst, e_sum)
+        m_src = torch.zeros(x.shape[0], e_new.shape[1], device=x.device).index_add_(0, src, e_sum)
+        x_new = self.node_mlp(torch.cat([m_dst.to(x.dtype), m_src.to(x.dtype), x], dim=1))
+        return x_new, e_new
+
+
+class InteractionGNN(nn.Module):
+    """Node and edge encoders, ``n_iterations`` interaction layers, and an edge-score head.
+
+    Args:
+        node_features: input features per node.
+        edge_features: input features per edge.
+        hidden: latent width.
+        n_iterations: message-passing iterations (L).
+        mlp_layers: hidden layers in every MLP.
+        layer_norm: LayerNorm in the MLPs.
+        skip: ``concat`` feeds ``[state, encoded input]`` to each iteration (Algorithm 1);
+            ``residual`` adds each iteration's output to its input instead.
+        checkpointing: recompute each iteration in the backward pass instead of storing its
+            activations (less memory, about one extra forward).
+    """
+
+    def __init__(
+        self,
+        node_features: int,
+        edge_features: int = EDGE_FEATURE_DIM,
+        hidden: int = 64,
+        n_iterations: int = 8,
+        mlp_layers: int = 2,
+        layer_norm: bool = True,
+        skip: Literal["concat", "residual"] = "concat",
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.skip = skip
+        self.checkpointing = checkpointing
+        self.node_encoder = make_mlp(node_features, hidden, hidden, mlp_layers, "silu", layer_norm)
+        self.edge_encoder = make_mlp(edge_features, hidden, hidden, mlp_layers, "silu", layer_norm)
+        width = 2 * hidden if skip == "concat" else hidden
+        self.layers = nn.ModuleList(
+            InteractionLayer(width, width, hidden, mlp_layers, layer_norm)
+            for _ in range(n_iterations)
+        )
+        self.edge_head = make_mlp(width, hidden, 1, mlp_layers, "silu", layer_norm)
+
+    def _iteration(
+        self, layer: InteractionLayer, x: Tensor, e: Tensor, x0: Tensor, e0: Tensor, ei: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        if self.skip == "concat":
+            return layer(torch.cat([x, x0], 1), torch.cat([e, e0], 1), ei)
+        dx, de = layer(x, e, ei)
+        return x + dx, e + de
+
+    def forward(self, x: Tensor, edge_attr: Tensor, edge_index: Tensor) -> Tensor:
+        """Edge logits [E] for a graph with node features ``x`` [N, F] and ``edge_attr`` [E, 4]."""
+        x0 = self.node_encoder(x)
+        e0 = self.edge_encoder(edge_attr)
+        h, e = x0, e0
+        for layer in self.layers:
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                h, e = checkpoint(self._iteration, layer, h, e, x0, e0, edge_index, use_reentrant=False)
+            else:
+                h, e = self._iteration(layer, h, e, x0, e0, edge_index)
+        final = torch.cat([e, e0], 1) if self.skip == "concat" else e
+        return self.edge_head(final).squeeze(-1)

@@ -1,0 +1,464 @@
+"""Interaction GNN training (full graphs or ShaDow minibatches, data-parallel) and edge scoring.
+
+Training modes:
+
+* ``full``: one event graph per optimizer step; with P ranks each rank takes every P-th event of
+  the epoch's shuffled event order and gradients are averaged.
+* ``shadow``: the training events are joined into one disjoint-union graph, so a minibatch mixes
+  roots (and subgraphs) from all events. Every vertex with at least one edge is a root once per
+  epoch, in a seeded shuffled order; each step takes the next ``batch_size`` roots (global), split
+  ``batch_size / P`` per rank; the loss is over all induced edges of the sampled subgraphs, with
+  edges incident to a root weighted by ``root_weight``.
+
+The label is ``y_pid`` (both hits from the same particle): track building joins hits by connected
+components, for which any same-particle edge is right.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from trackgnn.config import Config
+from trackgnn.errors import InputError
+from trackgnn.io import load_tensors, save_tensors
+from trackgnn.models.interaction_gnn import InteractionGNN, edge_features
+from trackgnn.training.checkpoint import (
+    EpochReport,
+    LastCheckpoint,
+    ResumableModule,
+    find_resume_checkpoint,
+    last_checkpoint_path,
+    load_model,
+    read_checkpoint,
+    resolve_device,
+    resume_key,
+    save_checkpoint_atomic,
+)
+from trackgnn.training.distributed import gradient_sync_stats, is_rank_zero, trainer_kwargs
+
+KIND = "gnn"
+GRAPH_KEYS = ("x", "edge_index", "r", "phi", "z", "eta")
+
+
+@dataclass
+class GraphBatch:
+    """What the GNN trains on: one event graph or a batch of ShaDow subgraphs."""
+
+    x: Tensor
+    edge_attr: Tensor
+    edge_index: Tensor
+    y: Tensor
+    weight: Tensor
+    n_samples: int  # roots (shadow) or graphs (full) in this batch on this rank
+
+    def to(self, device: torch.device | str) -> GraphBatch:
+        return GraphBatch(
+            self.x.to(device),
+            self.edge_attr.to(device),
+            self.edge_index.to(device),
+            self.y.to(device),
+            self.weight.to(device),
+            self.n_samples,
+        )
+
+
+def load_event_graph(path: str | Path) -> GraphBatch:
+    """An event graph file (filter stage output) as a :class:`GraphBatch` with unit weights."""
+    data = load_tensors(path, required=GRAPH_KEYS)
+    ei = data["edge_index"]
+    if ei.dim() != 2 or ei.shape[0] != 2:
+        raise InputError(path, "edge_index must have shape [2, E]")
+    n = data["x"].shape[0]
+    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= n):
+        raise InputError(path, f"edge_index refers to nodes outside 0..{n - 1}")
+    y = data.get("y_pid", torch.zeros(ei.shape[1], dtype=torch.bool))
+    return GraphBatch(
+        x=data["x"].float(),
+        edge_attr=edge_features(data["r"], data["phi"], data["z"], data["eta"], ei).float(),
+        edge_index=ei.long(),
+        y=y.float(),
+        weight=torch.ones(ei.shape[1]),
+        n_samples=1,
+    )
+
+
+def union_graph(graphs: list[GraphBatch]) -> GraphBatch:
+    """The disjoint union of event graphs (node ids offset event by event)."""
+    offsets = torch.tensor([0] + [g.x.shape[0] for g in graphs]).cumsum(0)
+    return GraphBatch(
+        x=torch.cat([g.x for g in graphs]),
+        edge_attr=torch.cat([g.edge_attr for g in graphs]),
+        edge_index=torch.cat([g.edge_index + offsets[i] for i, g in enumerate(graphs)], dim=1),
+        y=torch.cat([g.y for g in graphs]),
+        weight=torch.cat([g.weight for g in graphs]),
+        n_samples=len(graphs),
+    )
+
+
+class _Timer:
+    """Accumulates seconds spent in sampling during an epoch."""
+
+    def __init__(self) -> None:
+        self.sampling_s = 0.0
+
+
+class FullGraphStream(IterableDataset):
+    """Each epoch: the events in a seeded shuffled order, every ``world_size``-th for this rank."""
+
+    def __init__(self, graphs: list[GraphBatch], seed: int, rank: int, world_size: int) -> None:
+        self.graphs, self.seed, self.rank, self.world_size = graphs, seed, rank, world_size
+        self.epoch = 0
+        self.timer = _Timer()
+
+    def __len__(self) -> int:
+        return len(self.graphs) // self.world_size
+
+    def __iter__(self) -> Iterator[GraphBatch]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.graphs), generator=gen)
+        per_rank = len(self)
+        yield from (self.graphs[int(i)] for i in order[self.rank :: self.world_size][:per_rank])
+
+
+class ShadowStream(IterableDataset):
+    """Each epoch: shuffled roots, ``batch_size`` per global step, this rank's share sampled.
+
+    The sampler draws ``k`` minibatches per call (the bulk sampler's stacked problem).
+    """
+
+    def __init__(self, graph: GraphBatch, cfg: Config, device: torch.device, rank: int, world: int):
+        from trackgnn.graph.shadow import build_sampling_graph, make_sampler
+
+        sc = cfg.gnn.shadow
+        self.graph, self.seed, self.rank, self.world = graph, cfg.seed, rank, world
+        self.batch_size, self.k = sc.batch_size, sc.k
+        self.root_weight = sc.root_weight
+        n = graph.x.shape[0]
+        degree = torch.bincount(graph.edge_index.flatten(), minlength=n)
+        # Isolated vertices would give empty subgraphs: no edges, nothing to learn.
+        self.roots = torch.nonzero(degree > 0).flatten()
+        sampling_graph = build_sampling_graph(graph.edge_index, n)
+        self.sampler = make_sampler(
+            sc.sampler,
+            sampling_graph,
+            depth=sc.depth,
+            fanout=sc.fanout,
+            batch_size=max(1, sc.batch_size // world),
+            k=sc.k,
+            device=device,
+        )
+        self.device = device
+        self.epoch = 0
+        self.timer = _Timer()
+
+    def __len__(self) -> int:
+        # Every rank must take the same number of steps; a last partial batch too small to give
+        # each rank a root is dropped.
+        full, rest = divmod(len(self.roots), self.batch_size)
+        return full + (1 if rest >= self.world else 0)
+
+    def _rank_roots(self, order: Tensor, step: int) -> Tensor:
+        batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+        share = math.ceil(len(batch) / self.world)
+        return batch[self.rank * share : (self.rank + 1) * share]
+
+    def __iter__(self) -> Iterator[GraphBatch]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = self.roots[torch.randperm(len(self.roots), generator=gen)]
+        sample_gen = torch.Generator(device=self.device).manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * 4099 + self.rank
+        )
+        steps = len(self)
+        for first in range(0, steps, self.k):
+            start = time.perf_counter()
+            chunk = [self._rank_roots(order, s) for s in range(first, min(first + self.k, steps))]
+            subgraphs = self.sampler.sample_batches(
+                [c.to(self.device) for c in chunk], generator=sample_gen
+            )
+            batches = [self._gather(sg, len(c)) for sg, c in zip(subgraphs, chunk, strict=True)]
+            self.timer.sampling_s += time.perf_counter() - start
+            yield from batches
+
+    def _gather(self, sg: Any, n_roots: int) -> GraphBatch:
+        g = self.graph
+        node_ids, edge_ids = sg.node_ids.cpu(), sg.edge_ids.cpu()
+        weight = torch.ones(len(edge_ids))
+        if self.root_weight != 1.0:
+            weight[sg.root_edge_mask.cpu()] = self.root_weight
+        return GraphBatch(
+            x=g.x[node_ids],
+            edge_attr=g.edge_attr[edge_ids],
+            edge_index=sg.edge_index.cpu(),
+            y=g.y[edge_ids],
+            weight=weight,
+            n_samples=n_roots,
+        )
+
+
+def edge_classification_metrics(logits: Tensor, y: Tensor, cut: float = 0.5) -> dict[str, float]:
+    """Precision, recall (edges with score >= cut) and ROC AUC of edge scores."""
+    scores = torch.sigmoid(logits.float())
+    pred = scores >= cut
+    truth = y > 0.5
+    tp = int((pred & truth).sum())
+    n_pred, n_true = int(pred.sum()), int(truth.sum())
+    return {
+        "precision": tp / n_pred if n_pred else 0.0,
+        "recall": tp / n_true if n_true else 0.0,
+        "auc": roc_auc(scores, truth),
+    }
+
+
+def roc_auc(scores: Tensor, truth: Tensor) -> float:
+    """ROC AUC by the rank statistic (ties share their mean rank)."""
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = torch.argsort(scores)
+    sorted_scores = scores[order]
+    ranks = torch.empty(len(scores), dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    # average ranks over ties
+    _, inverse, counts = torch.unique_consecutive(
+        sorted_scores, return_inverse=True, return_counts=True
+    )
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks[order] = mean_rank[inverse]
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class GNNModule(ResumableModule):
+    """Lightning module of the edge-classifying Interaction GNN, for every training mode."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        lr: float,
+        pos_weight: float,
+        compile: bool,
+        mode: str,
+        resume_key: str,
+        model_kind: str = KIND,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = InteractionGNN(**model)
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self._epoch_start = 0.0
+        self._step_s = 0.0
+        self._samples = 0
+        self._val: list[tuple[Tensor, Tensor]] = []
+
+    def forward(self, batch: GraphBatch) -> Tensor:
+        return self._forward(batch.x, batch.edge_attr, batch.edge_index)
+
+    def _loss(self, logits: Tensor, batch: GraphBatch) -> Tensor:
+        pos_weight = torch.tensor(self.hparams["pos_weight"], device=logits.device)
+        losses = F.binary_cross_entropy_with_logits(
+            logits.float(), batch.y, pos_weight=pos_weight, reduction="none"
+        )
+        return (losses * batch.weight).sum() / batch.weight.sum().clamp_min(1e-12)
+
+    def on_train_epoch_start(self) -> None:
+        stream = self.trainer.train_dataloader.dataset
+        stream.epoch = self.current_epoch
+        stream.timer.sampling_s = 0.0
+        gradient_sync_stats(self.trainer).reset()
+        self._epoch_start = time.perf_counter()
+        self._step_s, self._samples = 0.0, 0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_batch_start(self, batch: GraphBatch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: GraphBatch, batch_idx: int) -> None:
+        self._step_s += time.perf_counter() - self._step_start
+        self._samples += batch.n_samples
+
+    def training_step(self, batch: GraphBatch, batch_idx: int) -> Tensor:
+        loss = self._loss(self(batch), batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch.n_samples)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        stream = self.trainer.train_dataloader.dataset
+        epoch_s = time.perf_counter() - self._epoch_start
+        world = self.trainer.world_size
+        sync = gradient_sync_stats(self.trainer)
+        metrics = {
+            "epoch_time_s": epoch_s,
+            "sampling_time_s": stream.timer.sampling_s,
+            "step_time_s": self._step_s,
+            "allreduce_ms": sync.mean_ms,
+            "samples_per_s": self._samples * world / max(epoch_s, 1e-9),
+            "peak_rss_mb": peak_rss_mb(),
+            "world_size": float(world),
+        }
+        if torch.cuda.is_available():
+            metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        for name, value in metrics.items():
+            self.log(name, value, on_epoch=True, rank_zero_only=True)
+
+    def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
+        logits = self(batch)
+        self._val.append((logits.detach().float().cpu(), batch.y.cpu()))
+        self.log("val_loss", self._loss(logits, batch), batch_size=1, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        logits = torch.cat([v[0] for v in self._val])
+        y = torch.cat([v[1] for v in self._val])
+        self._val.clear()
+        for name, value in edge_classification_metrics(logits, y).items():
+            self.log(f"val_{name}", value, rank_zero_only=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"])
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def _graph_loader(stream: IterableDataset) -> DataLoader:
+    # Batches are built by the stream itself (batch_size=None); sampling stays in this process so
+    # the same code runs on CPU and GPU and its time is measured.
+    return DataLoader(stream, batch_size=None, num_workers=0)
+
+
+def _rank_and_world(world_size: int) -> tuple[int, int]:
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    return (rank if world_size > 1 else 0), world_size
+
+
+def train_gnn(
+    cfg: Config,
+    train_files: list[str],
+    val_files: list[str],
+    ckpt_path: str | Path,
+    max_steps: int | None = None,
+) -> pl.Trainer:
+    """Train the Interaction GNN; resumes from ``<ckpt>-last.ckpt`` after a kill.
+
+    Writes the final checkpoint atomically (rank 0) and logs per-epoch loss, validation
+    precision/recall/AUC, epoch/sampling/step/all-reduce time, samples/s and memory to MLflow.
+    """
+    from trackgnn import runlog
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    device = torch.device(resolve_device(cfg.device))
+    g = cfg.gnn
+    rank, world = _rank_and_world(g.world_size)
+    train_graphs = [load_event_graph(f) for f in train_files]
+    val_graphs = [load_event_graph(f) for f in val_files]
+    if g.mode == "full":
+        stream: IterableDataset = FullGraphStream(train_graphs, cfg.seed, rank, world)
+    else:
+        stream = ShadowStream(union_graph(train_graphs), cfg, device, rank, world)
+    val_loader = DataLoader(val_graphs[rank::world] or val_graphs[:1], batch_size=None)
+
+    model_args = {
+        "node_features": int(train_graphs[0].x.shape[1]),
+        "hidden": g.hidden,
+        "n_iterations": g.n_iterations,
+        "mlp_layers": g.mlp_layers,
+        "layer_norm": g.layer_norm,
+        "skip": g.skip,
+        "checkpointing": g.checkpointing,
+    }
+    key = resume_key(
+        {k: v for k, v in cfg.section("gnn").items() if k != "epochs"},
+        cfg.seed,
+        [os.path.basename(f) for f in train_files],
+    )
+    module = GNNModule(
+        model=model_args, lr=g.lr, pos_weight=g.pos_weight, compile=g.compile, mode=g.mode,
+        resume_key=key,
+    )
+    final = Path(ckpt_path)
+    resume_from = find_resume_checkpoint(final, KIND, key)
+    if resume_from is not None:
+        done = int(read_checkpoint(resume_from, KIND).get("epoch", -1)) + 1
+        if is_rank_zero():
+            print(f"[gnn] resuming from {resume_from} after epoch {done}", file=sys.stderr)
+    precision = "32-true"
+    if g.amp:
+        precision = "16-mixed" if device.type == "cuda" else "bf16-mixed"
+
+    with runlog.stage_run(
+        "train_gnn",
+        cfg.section("gnn"),
+        marker_path=cfg.run_dir / "pipeline_run.json",
+        tracking_uri=runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
+        experiment=cfg.mlflow.experiment,
+        system_metrics=True,
+    ) as run:
+        trainer = pl.Trainer(
+            **trainer_kwargs(g.world_size, device.type),
+            max_epochs=g.epochs,
+            max_steps=max_steps if max_steps is not None else -1,
+            precision=precision,
+            deterministic=not g.compile,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            callbacks=[EpochReport(KIND, run.log_metrics), LastCheckpoint(last_checkpoint_path(final))],
+            default_root_dir=str(final.parent),
+        )
+        trainer.fit(
+            module,
+            train_dataloaders=_graph_loader(stream),
+            val_dataloaders=val_loader,
+            ckpt_path=resume_from,
+            weights_only=True,
+        )
+        save_checkpoint_atomic(trainer, final)
+        if trainer.is_global_zero:
+            run.log_params({"n_train_events": len(train_files), "n_parameters": sum(
+                p.numel() for p in module.model.parameters())})
+    return trainer
+
+
+def score_edges(cfg: Config, model_ckpt: str | Path, graph_file: str | Path, out: str | Path) -> dict:
+    """Score every edge of a filtered event graph; save the graph with GNN ``scores``."""
+    start = time.perf_counter()
+    device = torch.device(resolve_device(cfg.device))
+    model, _ = load_model(model_ckpt, KIND, InteractionGNN)
+    model.to(device)
+    data = load_tensors(graph_file, required=GRAPH_KEYS)
+    graph = load_event_graph(graph_file).to(device)
+    with torch.inference_mode():
+        logits = model(graph.x, graph.edge_attr, graph.edge_index)
+    scores = torch.sigmoid(logits.float()).cpu()
+    if "scores" in data:
+        data["filter_scores"] = data["scores"]
+    data["scores"] = scores
+    save_tensors(data, out)
+    metrics: dict[str, float] = {"n_edges": float(len(scores)), "time_s": time.perf_counter() - start}
+    if "y_pid" in data:
+        metrics.update(edge_classification_metrics(logits.cpu(), data["y_pid"].float()))
+    metrics["peak_rss_mb"] = peak_rss_mb()
+    return metrics

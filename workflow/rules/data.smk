@@ -1,0 +1,30 @@
+# Events (simulated or the user's TrackML files) and per-hit features. Per-event rules.
+
+if CFG.data.source == "simulate":
+
+    rule simulate_event:
+        output:
+            multiext(f"{RUN}/events/event{{event}}", "-hits.csv", "-cells.csv", "-particles.csv", "-truth.csv"),
+        params:
+            simulate=CFG.section("simulate"),
+            seed=CFG.seed,
+        log:
+            f"{RUN}/logs/simulate_event/event{{event}}.log",
+        shell:
+            "trackgnn simulate --events 1 --first-event-id {wildcards.event} --seed {params.seed}"
+            " --mu {params.simulate[mu]} --generator {params.simulate[generator]}"
+            " --field {params.simulate[field]} --noise-fraction {params.simulate[noise_fraction]}"
+            " --output {RUN}/events 2> {log}"
+
+
+rule features:
+    input:
+        lambda wc: CTX.event_files(wc.event),
+    output:
+        f"{RUN}/features/event{{event}}.pt",
+    params:
+        prefix=lambda wc: CTX.event_prefix(wc.event),
+    log:
+        f"{RUN}/logs/features/event{{event}}.log",
+    shell:
+        "trackgnn features --event {params.prefix} --output {output} 2> {log}"

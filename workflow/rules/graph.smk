@@ -1,0 +1,75 @@
+# Graph construction: metric-learning embedding, radius graph, filter MLP.
+
+
+def _training_params(section, inference_only=()):
+    """A training rule's params: its section without inference-only keys, plus the seed."""
+    return {**{k: v for k, v in CFG.section(section).items() if k not in inference_only}, "seed": CFG.seed}
+
+
+rule train_embedding:
+    input:
+        train=split_files("features", "train"),
+        val=split_files("features", "val"),
+    output:
+        f"{RUN}/models/embedding.ckpt",
+    params:
+        embedding=_training_params("embedding"),
+        device=CFG.device,
+    log:
+        f"{RUN}/logs/train_embedding.log",
+    resources:
+        gpu=1,
+    shell:
+        "trackgnn train embedding --config {CONFIG} --train {input.train} --val {input.val}"
+        " --output {output} 2> {log}"
+
+
+rule build_graph:
+    input:
+        features=f"{RUN}/features/event{{event}}.pt",
+        model=f"{RUN}/models/embedding.ckpt",
+    output:
+        graph=f"{RUN}/graph/event{{event}}.pt",
+        metrics=f"{RUN}/graph/event{{event}}.json",
+    params:
+        graph=CFG.section("graph"),
+    log:
+        f"{RUN}/logs/build_graph/event{{event}}.log",
+    shell:
+        "trackgnn build-graph --config {CONFIG} --model {input.model} --inputs {input.features}"
+        " --outputs {output.graph} 2> {log}"
+
+
+rule train_filter:
+    input:
+        train=split_files("graph", "train"),
+        val=split_files("graph", "val"),
+    output:
+        f"{RUN}/models/filter.ckpt",
+    params:
+        filter=_training_params("filter", inference_only=("cut", "chunk_edges")),
+        device=CFG.device,
+    log:
+        f"{RUN}/logs/train_filter.log",
+    resources:
+        gpu=1,
+    shell:
+        "trackgnn train filter --config {CONFIG} --train {input.train} --val {input.val}"
+        " --output {output} 2> {log}"
+
+
+rule filter_graph:
+    input:
+        graph=f"{RUN}/graph/event{{event}}.pt",
+        model=f"{RUN}/models/filter.ckpt",
+    output:
+        graph=f"{RUN}/filter/event{{event}}.pt",
+        metrics=f"{RUN}/filter/event{{event}}.json",
+    params:
+        cut=CFG.filter.cut,
+        chunk_edges=CFG.filter.chunk_edges,
+    log:
+        f"{RUN}/logs/filter_graph/event{{event}}.log",
+    shell:
+        "trackgnn filter --config {CONFIG} --model {input.model} --inputs {input.graph}"
+        " --outputs {output.graph} 2> {log}"

@@ -1,0 +1,33 @@
+# Track building (per event) and evaluation of the test events.
+
+
+rule build_tracks:
+    input:
+        f"{RUN}/gnn/event{{event}}.pt",
+    output:
+        f"{RUN}/tracks/event{{event}}.csv",
+    params:
+        tracks=CFG.section("tracks"),
+    log:
+        f"{RUN}/logs/build_tracks/event{{event}}.log",
+    shell:
+        "trackgnn build-tracks --config {CONFIG} --inputs {input} --outputs {output} 2> {log}"
+
+
+rule evaluate:
+    input:
+        tracks=split_files("tracks", "test", "csv"),
+        graph=split_files("graph", "test"),
+        filter=split_files("filter", "test"),
+        gnn=split_files("gnn", "test"),
+        events=[f for e in CTX.event_ids("test") for f in CTX.event_files(e)],
+    output:
+        f"{RUN}/report/summary.json",
+    params:
+        evaluation=CFG.section("evaluation"),
+        events=CTX.event_ids("test"),
+    log:
+        f"{RUN}/logs/evaluate.log",
+    shell:
+        "trackgnn evaluate --config {CONFIG} --event-ids {params.events}"
+        " --output-dir {RUN}/report 2> {log}"
