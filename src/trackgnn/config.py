@@ -1,8 +1,8 @@
 """Configuration: validated once at the edge against the JSON schema, then typed.
 
-The schema (``schemas/config.schema.yaml``, also at ``workflow/schemas/``) holds every default; this
-module fills them in, validates, and builds frozen dataclasses. Stage code receives a dataclass, never a
-raw dict.
+The schema (``schemas/config.schema.yaml``, also at ``workflow/schemas/``) holds every
+default; this module fills them in, validates, and builds frozen dataclasses. Stage code
+receives a dataclass, never a raw dict.
 """
 
 from __future__ import annotations
@@ -214,18 +214,10 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> dict[str, An
             raise ConfigError(f"{source}: unknown key '{key}'")
         raise ConfigError(f"{source}: key '{_error_path(err)}': {err.message}")
     if resolved["data"]["source"] == "trackml" and not resolved["data"]["trackml_dir"]:
-        raise ConfigError(f"{source}: key 'data.trackml_dir' is required when data.source is trackml")
+        raise ConfigError(
+            f"{source}: key 'data.trackml_dir' is required when data.source is trackml"
+        )
     return resolved
-
-
-def _build(cls: type, values: dict[str, Any]) -> Any:
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-        value = values[field.name]
-        if dataclasses.is_dataclass(field.type if isinstance(field.type, type) else None):
-            value = _build(field.type, value)
-        kwargs[field.name] = value
-    return cls(**kwargs)
 
 
 _SECTION_TYPES: dict[str, type] = {

@@ -137,7 +137,7 @@ def build_features(event: Event) -> dict[str, object]:
     truth_edges = np.zeros((2, 0), dtype=np.int64)
     if event.truth is not None and event.particles is not None:
         truth = event.truth.set_index("hit_id").reindex(hit_id)
-        particle_id = truth["particle_id"].fillna(0).to_numpy(np.int64)
+        particle_id = truth["particle_id"].fillna(0).to_numpy(np.int64).copy()
         particles = event.particles.set_index("particle_id")
         signal = np.flatnonzero(particle_id != 0)
         known = np.isin(particle_id[signal], particles.index.to_numpy())

@@ -1,9 +1,9 @@
 """TrackML files and per-event tensor files: the project's one reader and writer.
 
-TrackML events are ``event#########-{hits,cells,particles,truth}.csv[.gz]``; the column dtypes are the
-ones of the TrackML challenge release. Every reader validates what it reads and raises
-:class:`~trackgnn.errors.InputError` naming the file and the problem; every writer writes a temporary
-file and renames it, so a killed job never leaves a file that looks complete.
+TrackML events are ``event#########-{hits,cells,particles,truth}.csv[.gz]`` with the column
+dtypes of the TrackML challenge release. Every reader validates what it reads and raises
+:class:`~trackgnn.errors.InputError` naming the file and the problem; every writer writes a
+temporary file and renames it, so a killed job never leaves a file that looks complete.
 """
 
 from __future__ import annotations
@@ -32,7 +32,12 @@ HITS_DTYPES: dict[str, str] = {
     "layer_id": "int32",
     "module_id": "int32",
 }
-CELLS_DTYPES: dict[str, str] = {"hit_id": "int32", "ch0": "int32", "ch1": "int32", "value": "float32"}
+CELLS_DTYPES: dict[str, str] = {
+    "hit_id": "int32",
+    "ch0": "int32",
+    "ch1": "int32",
+    "value": "float32",
+}
 PARTICLES_DTYPES: dict[str, str] = {
     "particle_id": "int64",
     "particle_type": "int32",
@@ -136,7 +141,9 @@ def _read_csv(path: Path, dtypes: dict[str, str], drop_index: bool = False) -> p
     except FileNotFoundError:
         raise InputError(path, "file does not exist") from None
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
-        raise InputError(path, f"cannot be decompressed (truncated or corrupt gzip: {err})") from None
+        raise InputError(
+            path, f"cannot be decompressed (truncated or corrupt gzip: {err})"
+        ) from None
     except pd.errors.EmptyDataError:
         raise InputError(path, "file is empty (no header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -147,6 +154,8 @@ def _read_csv(path: Path, dtypes: dict[str, str], drop_index: bool = False) -> p
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)}")
     frame = frame[list(dtypes)]
+    if len(frame) == 0:  # header only: nothing to check, callers decide if empty is an error
+        return frame.astype(dtypes)
     for column, dtype in dtypes.items():
         series = frame[column]
         want_int = dtype.startswith("int")
@@ -154,17 +163,23 @@ def _read_csv(path: Path, dtypes: dict[str, str], drop_index: bool = False) -> p
             if not pd.api.types.is_integer_dtype(series.dtype):
                 bad = _first_bad_row(series, integer=True)
                 raise InputError(
-                    path, f"column {column} must be integer ({dtype}); row {bad} is {series.iloc[bad]!r}"
+                    path,
+                    f"column {column} must be integer ({dtype}); row {bad} is {series.iloc[bad]!r}",
                 )
         elif not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(
             series.dtype
         ):
             bad = _first_bad_row(series, integer=False)
             raise InputError(
-                path, f"column {column} must be numeric ({dtype}); row {bad} is {series.iloc[bad]!r}"
+                path,
+                f"column {column} must be numeric ({dtype}); row {bad} is {series.iloc[bad]!r}",
             )
         info = np.iinfo(dtype) if want_int else None
-        if info is not None and len(series) and (series.min() < info.min or series.max() > info.max):
+        if (
+            info is not None
+            and len(series)
+            and (series.min() < info.min or series.max() > info.max)
+        ):
             raise InputError(path, f"column {column} has values outside the {dtype} range")
         frame[column] = series.astype(dtype)
     return frame

@@ -1,6 +1,7 @@
 """Helpers the Snakefile uses to plan the workflow: event lists and file names per stage.
 
-Kept in the package (not inline in the Snakefile) so the plan is unit-testable and the rules stay thin.
+Kept in the package (not inline in the Snakefile) so the plan is unit-testable and the rules
+stay thin.
 """
 
 from __future__ import annotations

@@ -17,9 +17,7 @@ from trackgnn.models.mlp import make_mlp
 EDGE_FEATURE_DIM = 4
 
 
-def edge_features(
-    r: Tensor, phi: Tensor, z: Tensor, eta: Tensor, edge_index: Tensor
-) -> Tensor:
+def edge_features(r: Tensor, phi: Tensor, z: Tensor, eta: Tensor, edge_index: Tensor) -> Tensor:
     """Geometric features of each edge [E, 4]: dr, dphi (wrapped to [-pi, pi)), dz, deta.
 
     Lengths are in metres so all four are O(0.01-1).
@@ -53,7 +51,9 @@ class InteractionLayer(nn.Module):
         self.edge_mlp = make_mlp(
             edge_in + 2 * node_in, hidden, hidden, mlp_layers, "silu", layer_norm
         )
-        self.node_mlp = make_mlp(node_in + 2 * hidden, hidden, hidden, mlp_layers, "silu", layer_norm)
+        self.node_mlp = make_mlp(
+            node_in + 2 * hidden, hidden, hidden, mlp_layers, "silu", layer_norm
+        )
 
     def forward(self, x: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         """Return the new node states [N, hidden] and edge states [E, hidden]."""
@@ -121,7 +121,9 @@ class InteractionGNN(nn.Module):
         h, e = x0, e0
         for layer in self.layers:
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                h, e = checkpoint(self._iteration, layer, h, e, x0, e0, edge_index, use_reentrant=False)
+                h, e = checkpoint(
+                    self._iteration, layer, h, e, x0, e0, edge_index, use_reentrant=False
+                )
             else:
                 h, e = self._iteration(layer, h, e, x0, e0, edge_index)
         final = torch.cat([e, e0], 1) if self.skip == "concat" else e

@@ -392,7 +392,11 @@ def train_gnn(
         [os.path.basename(f) for f in train_files],
     )
     module = GNNModule(
-        model=model_args, lr=g.lr, pos_weight=g.pos_weight, compile=g.compile, mode=g.mode,
+        model=model_args,
+        lr=g.lr,
+        pos_weight=g.pos_weight,
+        compile=g.compile,
+        mode=g.mode,
         resume_key=key,
     )
     final = Path(ckpt_path)
@@ -425,7 +429,10 @@ def train_gnn(
             enable_progress_bar=False,
             num_sanity_val_steps=0,
             use_distributed_sampler=False,
-            callbacks=[EpochReport(KIND, run.log_metrics), LastCheckpoint(last_checkpoint_path(final))],
+            callbacks=[
+                EpochReport(KIND, run.log_metrics),
+                LastCheckpoint(last_checkpoint_path(final)),
+            ],
             default_root_dir=str(final.parent),
         )
         trainer.fit(
@@ -437,12 +444,18 @@ def train_gnn(
         )
         save_checkpoint_atomic(trainer, final)
         if trainer.is_global_zero:
-            run.log_params({"n_train_events": len(train_files), "n_parameters": sum(
-                p.numel() for p in module.model.parameters())})
+            run.log_params(
+                {
+                    "n_train_events": len(train_files),
+                    "n_parameters": sum(p.numel() for p in module.model.parameters()),
+                }
+            )
     return trainer
 
 
-def score_edges(cfg: Config, model_ckpt: str | Path, graph_file: str | Path, out: str | Path) -> dict:
+def score_edges(
+    cfg: Config, model_ckpt: str | Path, graph_file: str | Path, out: str | Path
+) -> dict:
     """Score every edge of a filtered event graph; save the graph with GNN ``scores``."""
     start = time.perf_counter()
     device = torch.device(resolve_device(cfg.device))
@@ -457,7 +470,10 @@ def score_edges(cfg: Config, model_ckpt: str | Path, graph_file: str | Path, out
         data["filter_scores"] = data["scores"]
     data["scores"] = scores
     save_tensors(data, out)
-    metrics: dict[str, float] = {"n_edges": float(len(scores)), "time_s": time.perf_counter() - start}
+    metrics: dict[str, float] = {
+        "n_edges": float(len(scores)),
+        "time_s": time.perf_counter() - start,
+    }
     if "y_pid" in data:
         metrics.update(edge_classification_metrics(logits.cpu(), data["y_pid"].float()))
     metrics["peak_rss_mb"] = peak_rss_mb()
