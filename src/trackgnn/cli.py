@@ -87,6 +87,22 @@ def _stage_run(cfg: Any, stage: str, section: str | None) -> Iterator[Any]:
         yield run
 
 
+@contextlib.contextmanager
+def _timed(output: str | Path) -> Iterator[dict[str, Any]]:
+    """Time one per-event stage execution; write its figures to ``<output>.json`` afterwards.
+
+    The JSON (``wall_s``, ``peak_memory_mb``, ``n_events`` and the stage's own figures) is a
+    declared rule output beside the main one, written only when the stage succeeded.
+    """
+    figures: dict[str, Any] = {}
+    start = time.perf_counter()
+    yield figures
+    figures["wall_s"] = time.perf_counter() - start
+    figures["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    figures["n_events"] = 1
+    write_json_atomic(Path(output).with_suffix(".json"), figures)
+
+
 def _apply_threads(cfg: Any) -> None:
     if cfg.threads:
         import torch
@@ -113,15 +129,11 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 def cmd_features(args: argparse.Namespace) -> None:
     from trackgnn.features import run_features
 
-    start = time.perf_counter()
-    features = run_features(args.event, args.output)
-    log.info(
-        "features: %s hits, %s truth edges in %.2f s -> %s",
-        len(features["hit_id"]),
-        features["truth_edges"].shape[1],
-        time.perf_counter() - start,
-        args.output,
-    )
+    with _timed(args.output) as figures:
+        features = run_features(args.event, args.output)
+        figures["n_hits"] = len(features["hit_id"])
+        figures["n_truth_edges"] = features["truth_edges"].shape[1]
+    log.info("features: %s -> %s", figures, args.output)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -158,12 +170,8 @@ def _per_event(
         )
     with _stage_run(cfg, stage, section) as run:
         for step, (inp, out) in enumerate(zip(args.inputs, args.outputs, strict=True)):
-            start = time.perf_counter()
-            metrics = fn(cfg, args.model, inp, out)
-            metrics["time_s"] = time.perf_counter() - start
-            metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-            # Per-event metrics beside the output (declared as a rule output too).
-            write_json_atomic(Path(out).with_suffix(".json"), metrics)
+            with _timed(out) as metrics:
+                metrics.update(fn(cfg, args.model, inp, out))
             run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step)
 
 
@@ -191,14 +199,53 @@ def cmd_build_tracks(args: argparse.Namespace) -> None:
     cfg = _load_config(args)
     with _stage_run(cfg, "build_tracks", "tracks") as run:
         for step, (inp, out) in enumerate(zip(args.inputs, args.outputs, strict=True)):
-            run.log_metrics(run_build_tracks(cfg, inp, out), step)
+            with _timed(out) as metrics:
+                metrics.update(run_build_tracks(cfg, inp, out))
+            run.log_metrics(metrics, step)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from trackgnn.evaluation.report import run_evaluation
+    from trackgnn.evaluation.matching import EvaluationCuts
+    from trackgnn.evaluation.report import EventInputs, evaluate_events, format_table
+    from trackgnn.workflow import WorkflowContext
 
     cfg = _load_config(args)
-    run_evaluation(cfg, args.event_ids, args.output_dir)
+    ctx = WorkflowContext(cfg)
+    run = cfg.run_dir
+    ids = [f"{i:09d}" for i in args.event_ids]
+    events = [
+        EventInputs(
+            prefix=ctx.event_prefix(e),
+            tracks=run / "tracks" / f"event{e}.csv",
+            graphs={stage: run / stage / f"event{e}.pt" for stage in ("graph", "filter", "gnn")},
+        )
+        for e in ids
+    ]
+    timing = {
+        stage: [run / stage / f"event{e}.json" for e in ids]
+        for stage in ("features", "graph", "filter", "gnn", "tracks")
+    }
+    timing = {stage: [p for p in paths if p.exists()] for stage, paths in timing.items()}
+    ev = cfg.evaluation
+    cuts = EvaluationCuts(
+        min_pt=ev.min_pt,
+        max_eta=ev.max_eta,
+        min_hits=ev.min_hits,
+        signal_pt=ev.signal_pt,
+        min_track_length=cfg.tracks.min_length,
+    )
+    with _stage_run(cfg, "evaluate", "evaluation") as mlrun:
+        summary = evaluate_events(
+            events,
+            args.output_dir,
+            cuts=cuts,
+            score_cuts={"gnn": cfg.tracks.score_cut},
+            timing_files=timing,
+        )
+        mlrun.log_metrics(summary)
+        for artifact in sorted(Path(args.output_dir).glob("*")):
+            mlrun.log_artifact(artifact)
+    print(format_table(summary), file=sys.stderr)
 
 
 def cmd_runlog(args: argparse.Namespace) -> None:

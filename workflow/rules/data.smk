@@ -21,10 +21,11 @@ rule features:
     input:
         lambda wc: CTX.event_files(wc.event),
     output:
-        f"{RUN}/features/event{{event}}.pt",
+        features=f"{RUN}/features/event{{event}}.pt",
+        metrics=f"{RUN}/features/event{{event}}.json",
     params:
         prefix=lambda wc: CTX.event_prefix(wc.event),
     log:
         f"{RUN}/logs/features/event{{event}}.log",
     shell:
-        "trackgnn features --event {params.prefix} --output {output} 2> {log}"
+        "trackgnn features --event {params.prefix} --output {output.features} 2> {log}"

@@ -5,13 +5,14 @@ rule build_tracks:
     input:
         f"{RUN}/gnn/event{{event}}.pt",
     output:
-        f"{RUN}/tracks/event{{event}}.csv",
+        tracks=f"{RUN}/tracks/event{{event}}.csv",
+        metrics=f"{RUN}/tracks/event{{event}}.json",
     params:
         tracks=CFG.section("tracks"),
     log:
         f"{RUN}/logs/build_tracks/event{{event}}.log",
     shell:
-        "trackgnn build-tracks --config {CONFIG} --inputs {input} --outputs {output} 2> {log}"
+        "trackgnn build-tracks --config {CONFIG} --inputs {input} --outputs {output.tracks} 2> {log}"
 
 
 rule evaluate:

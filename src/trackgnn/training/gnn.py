@@ -141,7 +141,8 @@ class ShadowStream(IterableDataset):
     """
 
     def __init__(self, graph: GraphBatch, cfg: Config, device: torch.device, rank: int, world: int):
-        from trackgnn.graph.shadow import build_sampling_graph, make_sampler
+        from trackgnn.graph.csr import build_sampling_graph
+        from trackgnn.graph.shadow import make_sampler
 
         sc = cfg.gnn.shadow
         self.graph, self.seed, self.rank, self.world = graph, cfg.seed, rank, world
@@ -157,7 +158,7 @@ class ShadowStream(IterableDataset):
             sampling_graph,
             depth=sc.depth,
             fanout=sc.fanout,
-            batch_size=max(1, sc.batch_size // world),
+            batch_size=math.ceil(sc.batch_size / world),
             k=sc.k,
             device=device,
         )
@@ -186,9 +187,13 @@ class ShadowStream(IterableDataset):
         for first in range(0, steps, self.k):
             start = time.perf_counter()
             chunk = [self._rank_roots(order, s) for s in range(first, min(first + self.k, steps))]
-            subgraphs = self.sampler.sample_batches(
-                [c.to(self.device) for c in chunk], generator=sample_gen
-            )
+            if all(len(c) == self.sampler.batch_size for c in chunk[:-1]):
+                # One stacked problem of k minibatches (the bulk sampler's point).
+                subgraphs = self.sampler.sample(torch.cat(chunk).to(self.device), sample_gen)
+            else:  # uneven shares (batch_size not divisible by world size): one call per step
+                subgraphs = [
+                    sg for c in chunk for sg in self.sampler.sample(c.to(self.device), sample_gen)
+                ]
             batches = [self._gather(sg, len(c)) for sg, c in zip(subgraphs, chunk, strict=True)]
             self.timer.sampling_s += time.perf_counter() - start
             yield from batches
@@ -247,6 +252,57 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class EpochStats(pl.Callback):
+    """Per-epoch scaling figures: epoch, sampling, step and all-reduce time, samples/s, memory.
+
+    A callback (listed before the epoch report) so the figures are logged before they are printed.
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stream = trainer.train_dataloader.dataset
+        stream.epoch = trainer.current_epoch
+        stream.timer.sampling_s = 0.0
+        gradient_sync_stats(trainer).reset()
+        self._epoch_start = time.perf_counter()
+        self._step_s, self._samples = 0.0, 0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: Any, batch: Any, idx: int
+    ) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self._step_s += time.perf_counter() - self._step_start
+        self._samples += batch.n_samples
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stream = trainer.train_dataloader.dataset
+        epoch_s = time.perf_counter() - self._epoch_start
+        world = trainer.world_size
+        sync = gradient_sync_stats(trainer)
+        metrics = {
+            "epoch_time_s": epoch_s,
+            "sampling_time_s": stream.timer.sampling_s,
+            "step_time_s": self._step_s,
+            "allreduce_ms": sync.mean_ms,
+            "allreduce_calls_per_step": sync.allreduce_calls / max(sync.syncs, 1),
+            "samples_per_s": self._samples * world / max(epoch_s, 1e-9),
+            "peak_rss_mb": peak_rss_mb(),
+            "world_size": float(world),
+        }
+        if torch.cuda.is_available():
+            metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        for name, value in metrics.items():
+            pl_module.log(name, float(value), on_epoch=True, rank_zero_only=True)
+        # Metrics logged in this hook reach callback_metrics only after all epoch-end hooks;
+        # put them there now so the epoch report (next callback) prints and logs this epoch's.
+        trainer.callback_metrics.update({k: torch.tensor(float(v)) for k, v in metrics.items()})
+
+
 class GNNModule(ResumableModule):
     """Lightning module of the edge-classifying Interaction GNN, for every training mode."""
 
@@ -264,9 +320,6 @@ class GNNModule(ResumableModule):
         self.save_hyperparameters()
         self.model = InteractionGNN(**model)
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
-        self._epoch_start = 0.0
-        self._step_s = 0.0
-        self._samples = 0
         self._val: list[tuple[Tensor, Tensor]] = []
 
     def forward(self, batch: GraphBatch) -> Tensor:
@@ -279,46 +332,10 @@ class GNNModule(ResumableModule):
         )
         return (losses * batch.weight).sum() / batch.weight.sum().clamp_min(1e-12)
 
-    def on_train_epoch_start(self) -> None:
-        stream = self.trainer.train_dataloader.dataset
-        stream.epoch = self.current_epoch
-        stream.timer.sampling_s = 0.0
-        gradient_sync_stats(self.trainer).reset()
-        self._epoch_start = time.perf_counter()
-        self._step_s, self._samples = 0.0, 0
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-
-    def on_train_batch_start(self, batch: GraphBatch, batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: GraphBatch, batch_idx: int) -> None:
-        self._step_s += time.perf_counter() - self._step_start
-        self._samples += batch.n_samples
-
     def training_step(self, batch: GraphBatch, batch_idx: int) -> Tensor:
         loss = self._loss(self(batch), batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch.n_samples)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        stream = self.trainer.train_dataloader.dataset
-        epoch_s = time.perf_counter() - self._epoch_start
-        world = self.trainer.world_size
-        sync = gradient_sync_stats(self.trainer)
-        metrics = {
-            "epoch_time_s": epoch_s,
-            "sampling_time_s": stream.timer.sampling_s,
-            "step_time_s": self._step_s,
-            "allreduce_ms": sync.mean_ms,
-            "samples_per_s": self._samples * world / max(epoch_s, 1e-9),
-            "peak_rss_mb": peak_rss_mb(),
-            "world_size": float(world),
-        }
-        if torch.cuda.is_available():
-            metrics["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        for name, value in metrics.items():
-            self.log(name, value, on_epoch=True, rank_zero_only=True)
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
         logits = self(batch)
@@ -430,6 +447,7 @@ def train_gnn(
             num_sanity_val_steps=0,
             use_distributed_sampler=False,
             callbacks=[
+                EpochStats(),
                 EpochReport(KIND, run.log_metrics),
                 LastCheckpoint(last_checkpoint_path(final)),
             ],

@@ -1,0 +1,37 @@
+"""Track building stage: scored edges of one event to a TrackML submission CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trackgnn.config import Config
+from trackgnn.graph.components import build_tracks, write_submission
+from trackgnn.io import load_tensors
+from trackgnn.training.checkpoint import resolve_device
+
+
+def run_build_tracks(cfg: Config, graph_file: str | Path, out: str | Path) -> dict[str, float]:
+    """Cut the GNN scores, build tracks, and write ``hit_id,track_id`` for every hit of the event.
+
+    Returns per-event figures: number of tracks, hits in tracks.
+    """
+    graph = load_tensors(graph_file, required=("hit_id", "edge_index", "scores"))
+    device = torch.device(resolve_device(cfg.device))
+    t = cfg.tracks
+    labels = build_tracks(
+        num_nodes=len(graph["hit_id"]),
+        edge_index=graph["edge_index"],
+        scores=graph["scores"],
+        score_cut=t.score_cut,
+        min_length=t.min_length,
+        method=t.method,
+        device=device,
+    )
+    write_submission(graph["hit_id"], labels, out)
+    in_tracks = labels >= 0
+    return {
+        "n_tracks": float(labels.max().item() + 1 if in_tracks.any() else 0),
+        "hits_in_tracks": float(in_tracks.sum().item()),
+    }
