@@ -143,12 +143,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         from trackgnn.training.embedding import train_embedding
 
         with _stage_run(cfg, "train_embedding", "embedding") as run:
-            train_embedding(cfg, args.train, args.val, args.output, run=run)
+            train_embedding(cfg, args.train, args.val, args.output, log=run.log_metrics)
     elif args.model == "filter":
         from trackgnn.training.filter import train_filter
 
         with _stage_run(cfg, "train_filter", "filter") as run:
-            train_filter(cfg, args.train, args.val, args.output, run=run)
+            train_filter(cfg, args.train, args.val, args.output, log=run.log_metrics)
     else:
         from trackgnn.training.gnn import train_gnn
 

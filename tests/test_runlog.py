@@ -1,0 +1,323 @@
+"""trackgnn.runlog against temporary SQLite stores: linking, params, metrics, failures, ranks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from trackgnn import runlog
+
+CONFIG = {
+    "run": "unit",
+    "seed": 7,
+    "gnn": {"hidden": 64, "lr": 0.001, "layers": [64, 64], "amp": False, "note": None},
+    "evaluation": {"pt_cuts": {"pt>0.5": 0.5}},
+    "long": "x" * 7000,
+}
+SUMMARY = {
+    "physics_efficiency": {
+        "pt>0.5": {"value": 0.93, "error": 0.01},
+        "all": {"value": 0.81, "error": 0.02},
+    },
+    "edge_metrics": {"gnn": {"auc": 0.99, "efficiency": 0.95}},
+    "timing_s": {"gnn": 0.25},
+    "n_events": 2,
+    "label": "not a number",
+    "table": [1, 2, 3],
+}
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow database with the schema only: MLflow's migrations take seconds, a copy doesn't."""
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> tuple[str, Path]:
+    """A fresh store in the project's default layout, with no rank or URI in the environment."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(empty_db, results / "mlflow.db")
+    uri = runlog.resolve_tracking_uri(None, results)
+    assert runlog.init_store(uri, "unit") is not None
+    return uri, results
+
+
+def _runs(uri: str, experiment: str = "unit", filter_string: str = "") -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], filter_string) if exp else []
+
+
+def test_pipeline_run_links_stage_runs_with_params_metrics_and_artifacts(store, tmp_path):
+    uri, results = store
+    marker = results / "unit" / "pipeline_run.json"
+    run_id = runlog.start_pipeline_run(
+        CONFIG, "unit-a", marker, tracking_uri=uri, experiment="unit"
+    )
+    assert run_id is not None
+    assert json.loads(marker.read_text())["run_id"] == run_id
+
+    with runlog.stage_run("train_gnn", CONFIG["gnn"], marker) as run:
+        assert run.active
+        for epoch, loss in enumerate([0.9, 0.5, 0.3]):
+            run.log_metrics({"loss": loss, "val": {"auc": 0.5 + epoch / 10}}, step=epoch)
+        run.set_tags({"device": "cpu"})
+    with runlog.stage_run("build_tracks", {"score_cut": 0.5}, marker, run_name="tracks-b0") as run:
+        run.log_metrics({"n_tracks": 12, "pt>0.5 eff": 0.9}, step=3)
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "summary.json").write_text(json.dumps(SUMMARY))
+    (report / "eff_vs_pt.png").write_bytes(b"\x89PNG fake")
+    ended = runlog.finish_pipeline_run(
+        marker, report / "summary.json", [report / "eff_vs_pt.png"], status="finished"
+    )
+    assert ended == run_id
+    assert not marker.exists()  # no later stage job may link to a finished run
+
+    client = MlflowClient(uri)
+    pipeline = client.get_run(run_id)
+    assert pipeline.info.status == "FINISHED"
+    assert pipeline.info.run_name == "unit-a"
+    tags = pipeline.data.tags
+    assert tags["trackgnn.kind"] == "pipeline"
+    assert tags["trackgnn.config_hash"] == runlog.config_hash(CONFIG)
+    assert tags["trackgnn.code_version"]
+    params = pipeline.data.params
+    assert params["gnn.hidden"] == "64"
+    assert params["gnn.layers"] == "[64, 64]"
+    assert params["gnn.amp"] == "false" and params["gnn.note"] == "null"
+    assert params["evaluation.pt_cuts.pt_gt_0.5"] == "0.5"
+    assert len(params["long"]) == 6000 and params["long"].endswith("[truncated]")
+    metrics = pipeline.data.metrics
+    assert metrics["physics_efficiency.pt_gt_0.5"] == pytest.approx(0.93)
+    assert metrics["physics_efficiency.pt_gt_0.5.error"] == pytest.approx(0.01)
+    assert metrics["physics_efficiency.all"] == pytest.approx(0.81)
+    assert metrics["edge_metrics.gnn.auc"] == pytest.approx(0.99)
+    assert metrics["n_events"] == 2
+    assert "label" not in metrics and "table" not in metrics
+    artifacts = {f.path for f in client.list_artifacts(run_id)}
+    assert {"summary.json", "eff_vs_pt.png", "config.json"} <= artifacts
+    # Artifacts of the default store live under results/mlartifacts.
+    assert list((results / "mlartifacts").rglob("summary.json"))
+
+    stages = _runs(uri, filter_string=f"tags.`trackgnn.pipeline_run_id` = '{run_id}'")
+    by_stage = {r.data.tags["trackgnn.stage"]: r for r in stages}
+    assert set(by_stage) == {"train_gnn", "build_tracks"}
+    train = by_stage["train_gnn"]
+    assert train.data.tags["trackgnn.kind"] == "stage"
+    assert train.data.tags["mlflow.parentRunId"] == run_id
+    assert train.data.tags["trackgnn.config_hash"] == runlog.config_hash(CONFIG["gnn"])
+    assert train.data.tags["device"] == "cpu"
+    assert train.data.params["hidden"] == "64"
+    assert train.info.status == "FINISHED"
+    history = client.get_metric_history(train.info.run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (0, 0.9),
+        (1, 0.5),
+        (2, 0.3),
+    ]
+    assert train.data.metrics["val.auc"] == pytest.approx(0.7)
+    tracks = by_stage["build_tracks"]
+    assert tracks.info.run_name == "tracks-b0"
+    assert tracks.data.metrics["pt_gt_0.5 eff"] == pytest.approx(0.9)
+    # Only the one pipeline run carries the pipeline tag.
+    pipelines = _runs(uri, filter_string="tags.`trackgnn.kind` = 'pipeline'")
+    assert [r.info.run_id for r in pipelines] == [run_id]
+
+
+def test_stage_run_without_pipeline_marker_and_failed_stage(store):
+    uri, results = store
+    with pytest.raises(RuntimeError, match="boom"):
+        with runlog.stage_run("filter", {"cut": 0.1}, results / "absent.json", tracking_uri=uri,
+                              experiment="unit") as run:  # fmt: skip
+            run.log_metrics({"edges": 10})
+            raise RuntimeError("boom")
+    (failed,) = _runs(uri)
+    assert failed.info.status == "FAILED"
+    assert "trackgnn.pipeline_run_id" not in failed.data.tags
+    assert failed.data.metrics["edges"] == 10
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_warns_once_and_never_raises(tmp_path, caplog, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    marker = tmp_path / "run" / "pipeline_run.json"
+    caplog.set_level(logging.WARNING, logger="trackgnn.runlog")
+    start = time.perf_counter()
+    assert runlog.init_store(uri, "unit") is None
+    assert runlog.start_pipeline_run(CONFIG, "down", marker, tracking_uri=uri) is None
+    # The marker still records "no run", so stage jobs cannot link to an older one.
+    assert json.loads(marker.read_text())["run_id"] is None
+    with runlog.stage_run("train_gnn", {"a": 1}, marker, system_metrics=True) as run:
+        assert not run.active and run.run_id is None
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.log_params({"b": 2})
+        run.set_tags({"c": 3})
+        run.log_artifact(marker)
+    assert runlog.finish_pipeline_run(marker, SUMMARY, [], status="FAILED") is None
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10, f"unreachable server cost {elapsed:.1f} s"
+    warnings = [r for r in caplog.records if r.name == "trackgnn.runlog"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "127.0.0.1" in warnings[0].getMessage()
+
+
+def test_mlflow_error_mid_run_degrades_to_noop(store, caplog):
+    uri, _ = store
+    caplog.set_level(logging.WARNING, logger="trackgnn.runlog")
+    with runlog.stage_run("gnn", {"hidden": 8}, tracking_uri=uri, experiment="unit") as run:
+        run.log_params({"hidden": 16})  # params are immutable in MLflow: this call fails
+        assert not run.active
+        run.log_metrics({"loss": 1.0})  # silently dropped, no second warning
+    assert len([r for r in caplog.records if r.name == "trackgnn.runlog"]) == 1
+    (broken,) = _runs(uri)
+    assert broken.data.params["hidden"] == "8"
+    assert "loss" not in broken.data.metrics
+    assert broken.info.status == "FINISHED"  # still ended, not left RUNNING
+    # The store itself is fine: the next run of this process logs normally.
+    with runlog.stage_run("gnn", {"hidden": 8}, tracking_uri=uri, experiment="unit") as run:
+        run.log_metrics({"loss": 2.0})
+    assert MlflowClient(uri).get_run(run.run_id).data.metrics == {"loss": 2.0}
+
+
+@pytest.mark.parametrize("env", [{"RANK": "1"}, {"SLURM_PROCID": "3"}, {"LOCAL_RANK": "1"}])
+def test_nonzero_rank_logs_nothing(store, monkeypatch, env):
+    uri, results = store
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert runlog.process_rank() != 0
+    marker = results / "pipeline_run.json"
+    assert (
+        runlog.start_pipeline_run(CONFIG, "r1", marker, tracking_uri=uri, experiment="unit") is None
+    )
+    assert not marker.exists()  # only rank 0 writes the marker
+    with runlog.stage_run("train_gnn", {"a": 1}, tracking_uri=uri, experiment="unit") as run:
+        assert not run.active
+        run.log_metrics({"loss": 1.0})
+    assert _runs(uri) == []
+
+
+def test_init_store_is_idempotent_and_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    results = tmp_path / "res"
+    uri = runlog.resolve_tracking_uri(None, results)
+    assert uri == f"sqlite:///{(results / 'mlflow.db').resolve()}"
+    first = runlog.init_store(uri, "trackgnn")
+    assert first is not None and (results / "mlflow.db").exists()
+    assert runlog.init_store(uri, "trackgnn") == first
+    exp = MlflowClient(uri).get_experiment_by_name("trackgnn")
+    assert exp.artifact_location == (results / "mlartifacts").resolve().as_uri()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert runlog.resolve_tracking_uri(None, results) == "http://127.0.0.1:9"
+    assert runlog.resolve_tracking_uri("sqlite:///x.db", results) == "sqlite:///x.db"
+
+
+def test_metric_names_are_sanitised():
+    assert runlog.sanitize_key("pt>0.5") == "pt_gt_0.5"
+    assert runlog.sanitize_key("|eta|<4") == "_eta__lt_4"
+    assert runlog.sanitize_key("a b/c-d.e_f") == "a b/c-d.e_f"
+    flat = runlog.flatten_metrics({"x": {"pt>=1": {"value": 2, "error": None}}, "ok": True})
+    assert flat == {"x.pt_ge_1": 2.0, "ok": 1.0}
+
+
+def test_system_metrics_are_sampled_during_a_stage(store):
+    uri, _ = store
+    with runlog.stage_run(
+        "train_gnn",
+        {},
+        tracking_uri=uri,
+        experiment="unit",
+        system_metrics=True,
+        system_metrics_interval_s=0.2,
+    ) as run:
+        time.sleep(1.2)
+    metrics = MlflowClient(uri).get_run(run.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics
+    assert any(k.startswith("system/system_memory") for k in metrics), sorted(metrics)
+
+
+def test_lightning_callback_logs_each_epoch_with_the_right_step(store):
+    torch = pytest.importorskip("torch")
+    pl = pytest.importorskip("pytorch_lightning")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = ((self.layer(x) - y) ** 2).mean()
+            self.log("loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            self.log("val_loss", ((self.layer(x) - y) ** 2).mean())
+
+        def on_train_epoch_end(self) -> None:
+            # Logged after the callbacks' hook: must still land on this epoch.
+            self.log("epoch_time_s", 10.0 + self.current_epoch)
+            self.log("allreduce_ms", 0.0)  # same value every epoch: still one point per epoch
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    uri, _ = store
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 2), torch.randn(32, 1))
+    with runlog.stage_run("train_tiny", {}, tracking_uri=uri, experiment="unit") as run:
+        trainer = pl.Trainer(
+            max_epochs=3,
+            check_val_every_n_epoch=2,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[runlog.MlflowEpochLogger(run)],
+        )
+        trainer.fit(Tiny(), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+    client = MlflowClient(uri)
+
+    def steps(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run.run_id, key)}
+
+    assert steps("epoch_time_s") == {0: 10.0, 1: 11.0, 2: 12.0}
+    assert sorted(steps("loss")) == [0, 1, 2]
+    assert sorted(steps("allreduce_ms")) == [0, 1, 2]
+    assert sorted(steps("val_loss")) == [1]  # validated only after epoch 1 (every 2nd epoch)
+
+
+def test_ui_command_targets_the_project_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    command = runlog.ui_command(port=5123, results_dir=tmp_path / "results")
+    assert command[1:4] == ["-m", "mlflow", "server"]
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "5123"
+    db = (tmp_path / "results" / "mlflow.db").resolve()
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{db}"
+    assert command[command.index("--artifacts-destination") + 1] == str(db.parent / "mlartifacts")
+    with pytest.raises(runlog.TrackGNNError, match="already a server"):
+        runlog.ui_command(uri="http://127.0.0.1:5000")
