@@ -16,11 +16,13 @@ components, for which any same-particle edge is right.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -383,6 +385,14 @@ def train_gnn(
     from trackgnn import runlog
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Per-rank epoch figures are logged by rank 0 on purpose (no cross-rank reduction wanted);
+    # the streams know their length; resumes load our own checkpoints.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*__len__.*")
+    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(
+        logging.WARNING
+    )
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     device = torch.device(resolve_device(cfg.device))
     g = cfg.gnn
     rank, world = _rank_and_world(g.world_size)

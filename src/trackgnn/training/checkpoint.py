@@ -1,0 +1,255 @@
+"""Checkpoints shared by every trained stage: atomic saving, resuming, validated loading.
+
+Layout for a stage whose final checkpoint is ``models/<stage>.ckpt``:
+
+* ``models/<stage>-last.ckpt`` is rewritten (atomically) at the end of every epoch;
+* ``models/<stage>.ckpt`` is written (atomically) only when training completes.
+
+A rerun of a killed training job resumes from ``<stage>-last.ckpt`` when it was written for the
+same model kind and the same *resume key* (a hash of everything that shapes training except the
+number of epochs, so a rerun with more epochs continues where the last one stopped; any other
+change starts afresh). Every checkpoint is a Lightning checkpoint whose ``hyper_parameters`` hold
+``model_kind``, ``model`` (the network's constructor arguments) and ``resume_key``. Loading a
+corrupted, truncated or mismatched file raises a one-line :class:`CheckpointError` naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from trackgnn.atomic import atomic_path
+from trackgnn.config import section_hash
+from trackgnn.errors import CheckpointError, ConfigError
+
+CHECKPOINT_FORMAT = 1
+RNG_KEY = "trackgnn_torch_rng"
+
+
+def last_checkpoint_path(ckpt_path: str | os.PathLike[str]) -> Path:
+    """``<dir>/<stage>-last.ckpt`` beside the final ``<dir>/<stage>.ckpt``."""
+    final = Path(ckpt_path)
+    return final.with_name(f"{final.stem}-last{final.suffix or '.ckpt'}")
+
+
+def resume_key(*parts: Any) -> str:
+    """Stable hash of the settings a resumed training must share with the interrupted one."""
+    return section_hash({"parts": list(parts)})
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``/``cuda``/``auto`` from the config to a concrete ``cpu`` or ``cuda``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device: must be cpu, cuda or auto, not '{device}'")
+    return device
+
+
+def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """Load a checkpoint's dict (``weights_only``) and check it is a ``kind`` checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or corrupt archives
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt: {type(err).__name__})"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path}: not a model checkpoint (no state_dict)")
+    hparams = data.get("hyper_parameters")
+    if not isinstance(hparams, Mapping) or "model_kind" not in hparams:
+        raise CheckpointError(f"{path}: not a trackgnn checkpoint (no model_kind hyperparameter)")
+    if hparams["model_kind"] != kind:
+        raise CheckpointError(f"{path}: is a {hparams['model_kind']!s} checkpoint, expected {kind}")
+    if not isinstance(hparams.get("model"), Mapping):
+        raise CheckpointError(f"{path}: {kind} checkpoint has no model hyperparameters")
+    return data
+
+
+def load_model(
+    path: str | os.PathLike[str], kind: str, build: Callable[..., nn.Module]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a network with ``build(**hparams['model'])`` and load its weights.
+
+    Returns the network in eval mode and the checkpoint's hyperparameters.
+    """
+    data = read_checkpoint(path, kind)
+    hparams = dict(data["hyper_parameters"])
+    try:
+        model = build(**hparams["model"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: incompatible {kind} hyperparameters ({err})") from None
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in data["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise CheckpointError(f"{path}: weights do not match the {kind} model ({detail})") from None
+    model.eval()
+    return model, hparams
+
+
+def find_resume_checkpoint(ckpt_path: str | os.PathLike[str], kind: str, key: str) -> Path | None:
+    """The ``-last`` checkpoint to resume from, or None to start afresh.
+
+    A last checkpoint of another kind, or that cannot be read, raises CheckpointError (it is
+    not ours to overwrite silently); one written for different settings is ignored, with a note.
+    """
+    last = last_checkpoint_path(ckpt_path)
+    if not last.exists():
+        return None
+    data = read_checkpoint(last, kind)
+    found = data["hyper_parameters"].get("resume_key")
+    if found != key:
+        print(
+            f"{last}: written for other {kind} settings or data; training from scratch",
+            file=sys.stderr,
+        )
+        return None
+    return last
+
+
+def save_checkpoint_atomic(trainer: pl.Trainer, path: str | os.PathLike[str]) -> None:
+    """``trainer.save_checkpoint`` to a temporary file renamed onto ``path``."""
+    if not trainer.is_global_zero:
+        # Only rank 0 writes; the others must still enter save_checkpoint for its barrier, and
+        # must not rename an empty temporary file onto the real checkpoint.
+        trainer.save_checkpoint(path, weights_only=False)
+        return
+    with atomic_path(path) as tmp:
+        trainer.save_checkpoint(tmp, weights_only=False)
+
+
+class LastCheckpoint(pl.Callback):
+    """Rewrite ``<stage>-last.ckpt`` atomically at the end of every training epoch."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        save_checkpoint_atomic(trainer, self.path)
+
+
+class EpochReport(pl.Callback):
+    """One line per epoch with the logged metrics; forwards them to ``log(metrics, epoch)``."""
+
+    def __init__(
+        self, stage: str, log: Callable[[dict[str, float], int], None] | None = None
+    ) -> None:
+        self.stage = stage
+        self.on_metrics = log
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = {
+            name: float(value)
+            for name, value in sorted(trainer.callback_metrics.items())
+            if torch.is_tensor(value) and value.numel() == 1
+        }
+        if not trainer.is_global_zero:
+            return
+        epoch = trainer.current_epoch
+        text = " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
+        print(f"[{self.stage}] epoch {epoch + 1}/{trainer.max_epochs} {text}", flush=True)
+        if self.on_metrics is not None:
+            self.on_metrics(metrics, epoch)
+
+
+class ResumableModule(pl.LightningModule):
+    """LightningModule base that keeps torch's RNG in its checkpoints.
+
+    Restoring the RNG on resume makes a killed-and-resumed training draw the same shuffles and
+    random pairs as an uninterrupted one.
+    """
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_KEY] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(RNG_KEY)
+        if state is not None:
+            torch.set_rng_state(state)
+
+
+def make_trainer(
+    device: str, max_epochs: int, callbacks: list[pl.Callback], root_dir: str | os.PathLike[str]
+) -> pl.Trainer:
+    """A deterministic single-device Trainer: no default logger, no summary, one line per epoch."""
+    accelerator = resolve_device(device)
+    if accelerator == "cuda":
+        # cuBLAS needs this for deterministic results under torch.use_deterministic_algorithms.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # Lightning's info lines (GPU available, tips) drown the per-epoch lines in job logs.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    return pl.Trainer(
+        accelerator="gpu" if accelerator == "cuda" else "cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        deterministic=True,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        default_root_dir=str(root_dir),
+    )
+
+
+def fit_resumable(
+    module: pl.LightningModule,
+    kind: str,
+    ckpt_path: str | os.PathLike[str],
+    device: str,
+    max_epochs: int,
+    train_loader: Any,
+    val_loader: Any = None,
+    log: Callable[[dict[str, float], int], None] | None = None,
+) -> pl.Trainer:
+    """Train ``module`` with per-epoch last checkpoints, resuming a killed run; write the final.
+
+    ``module.hparams`` must hold ``model_kind`` (= ``kind``), ``model`` and ``resume_key``.
+    """
+    final = Path(ckpt_path)
+    last = last_checkpoint_path(final)
+    resume_from = find_resume_checkpoint(final, kind, module.hparams["resume_key"])
+    if resume_from is not None:
+        done = int(read_checkpoint(resume_from, kind).get("epoch", -1)) + 1
+        if done > max_epochs:
+            print(
+                f"{resume_from}: has {done} epochs, more than the {max_epochs} asked; "
+                "training from scratch",
+                file=sys.stderr,
+            )
+            resume_from = None
+        else:
+            print(f"[{kind}] resuming from {resume_from} after epoch {done}", flush=True)
+    trainer = make_trainer(
+        device,
+        max_epochs,
+        callbacks=[EpochReport(kind, log), LastCheckpoint(last)],
+        root_dir=final.parent,
+    )
+    trainer.fit(
+        module,
+        train_dataloaders=train_loader,
+        val_dataloaders=val_loader,
+        ckpt_path=resume_from,
+        weights_only=True,
+    )
+    save_checkpoint_atomic(trainer, final)
+    return trainer
