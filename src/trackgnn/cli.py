@@ -250,6 +250,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_runlog(args: argparse.Namespace) -> None:
     from trackgnn import runlog
+    from trackgnn.config import section_hash
 
     cfg = _load_config(args)
     uri = runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir)
@@ -258,7 +259,12 @@ def cmd_runlog(args: argparse.Namespace) -> None:
         runlog.init_store(uri, cfg.mlflow.experiment)
     elif args.action == "start":
         runlog.start_pipeline_run(
-            cfg.to_dict(), cfg.run, marker, tracking_uri=uri, experiment=cfg.mlflow.experiment
+            cfg.to_dict(),
+            # run name and config hash: two configurations of one run stay apart in the UI
+            f"{cfg.run}-{section_hash(cfg.to_dict())[:6]}",
+            marker,
+            tracking_uri=uri,
+            experiment=cfg.mlflow.experiment,
         )
     else:
         import json
