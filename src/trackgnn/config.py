@@ -103,6 +103,7 @@ class GNNConfig:
     epochs: int
     world_size: int
     pos_weight: float
+    dist_timeout_s: float
     shadow: ShadowConfig
 
 

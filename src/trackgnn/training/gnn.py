@@ -414,7 +414,7 @@ def train_gnn(
         "checkpointing": g.checkpointing,
     }
     key = resume_key(
-        {k: v for k, v in cfg.section("gnn").items() if k != "epochs"},
+        {k: v for k, v in cfg.section("gnn").items() if k not in ("epochs", "dist_timeout_s")},
         cfg.seed,
         [os.path.basename(f) for f in train_files],
     )
@@ -445,7 +445,7 @@ def train_gnn(
         system_metrics=True,
     ) as run:
         trainer = pl.Trainer(
-            **trainer_kwargs(g.world_size, device.type),
+            **trainer_kwargs(g.world_size, device.type, timeout_s=g.dist_timeout_s),
             max_epochs=g.epochs,
             max_steps=max_steps if max_steps is not None else -1,
             precision=precision,
