@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from trackgnn.atomic import atomic_path
 from trackgnn.errors import InputError
@@ -300,12 +299,16 @@ def read_detectors(path: str | Path | None = None) -> pd.DataFrame:
 
 def save_tensors(tensors: dict[str, Any], path: str | Path) -> None:
     """Save a plain dict of tensors (and scalars/strings) atomically with ``torch.save``."""
+    import torch  # imported here: reading CSVs (simulate, features) should not pay for torch
+
     with atomic_path(path) as tmp:
         torch.save(tensors, tmp)
 
 
 def load_tensors(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load a per-event tensor file written by :func:`save_tensors` (``weights_only=True``)."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file does not exist")
