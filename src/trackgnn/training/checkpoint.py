@@ -24,13 +24,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerStatus
 from torch import nn
 
 from trackgnn.atomic import atomic_path
 from trackgnn.config import section_hash
-from trackgnn.errors import CheckpointError, ConfigError
+from trackgnn.errors import CheckpointError, ConfigError, TrackGNNError
 
-CHECKPOINT_FORMAT = 1
 RNG_KEY = "trackgnn_torch_rng"
 
 
@@ -241,7 +241,8 @@ def fit_resumable(
     trainer = make_trainer(
         device,
         max_epochs,
-        callbacks=[EpochReport(kind, log), LastCheckpoint(last)],
+        # Save first: a failing metrics sink must not cost the epoch.
+        callbacks=[LastCheckpoint(last), EpochReport(kind, log)],
         root_dir=final.parent,
     )
     trainer.fit(
@@ -251,5 +252,7 @@ def fit_resumable(
         ckpt_path=resume_from,
         weights_only=True,
     )
+    if trainer.state.status != TrainerStatus.FINISHED or trainer.current_epoch < max_epochs:
+        raise TrackGNNError(f"{final}: {kind} training stopped early; rerun to resume from {last}")
     save_checkpoint_atomic(trainer, final)
     return trainer

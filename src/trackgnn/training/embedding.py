@@ -1,0 +1,270 @@
+"""Metric-learning training of the embedding network (Lightning), one event per step.
+
+Loss (pairwise hinge, p = 2, margin ``m`` in embedding distance): a pair of hits at distance
+``d`` pays ``d^2`` when it is a truth-graph edge and ``max(0, m - d)^2`` otherwise. This is the
+convention of the later Exa.TrkX / GNN4ITk code (squared distance for positives, squared hinge on
+the distance for negatives), so ``m`` and the graph radius are in the same units. The paper's
+eq. 5 (``max(0, 1 - d^2)`` for negatives) is the same idea with the hinge on ``d^2``. Positives
+and negatives are averaged separately and summed, so their balance does not depend on how many
+random pairs are drawn. Each step's pairs: the event's truth edges, ``random_pairs * N`` random
+pairs and, as hard negatives, each hit's ``knn_k`` nearest neighbours in the current embedding
+(exact FAISS search); duplicates are merged. Truth edges of signal particles (pT above
+``signal_pt`` and at least ``evaluation.min_hits`` hits) weigh ``signal_weight``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from trackgnn.config import Config
+from trackgnn.errors import TrackGNNError
+from trackgnn.evaluation.matching import EvaluationCuts
+from trackgnn.graph.construction import (
+    FEATURE_KEYS,
+    check_event_tensors,
+    existing_files,
+    pooled_edge_metrics,
+    signal_hits,
+    stage_edge_metrics,
+)
+from trackgnn.graph.radius import knn, radius_graph
+from trackgnn.graph.truth import edge_labels, truth_edge_mask, undirected_keys
+from trackgnn.io import load_tensors
+from trackgnn.models.embedding import EmbeddingNet
+from trackgnn.models.mlp import angle_columns
+from trackgnn.training.checkpoint import ResumableModule, fit_resumable, resume_key
+
+SameParticle = Literal["negative", "ignore"]
+
+
+class EventDataset(Dataset):
+    """Per-event tensor files as a dataset of dicts (the ``keys`` of each file), kept in memory."""
+
+    def __init__(self, files: Sequence[str | os.PathLike[str]], keys: Sequence[str]) -> None:
+        self.files = existing_files(files)
+        if not self.files:
+            raise TrackGNNError("no event files given (the split is empty)")
+        self.keys = tuple(keys)
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    @property
+    def feature_names(self) -> list[str] | None:
+        """``feature_names`` of the first file (the names of the columns of ``x``)."""
+        if not self.files:
+            return None
+        names = load_tensors(self.files[0]).get("feature_names")
+        return list(names) if isinstance(names, list | tuple) else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index not in self._cache:
+            required = tuple(dict.fromkeys((*FEATURE_KEYS, *self.keys)))
+            data = load_tensors(self.files[index], required=required)
+            check_event_tensors(data, self.files[index])
+            self._cache[index] = {key: data[key] for key in self.keys}
+        return self._cache[index]
+
+
+def event_loader(dataset: EventDataset, shuffle: bool) -> DataLoader:
+    """One event per batch; the shuffle order comes from torch's (seeded, checkpointed) RNG."""
+    return DataLoader(dataset, batch_size=None, shuffle=shuffle, num_workers=0)
+
+
+def pairwise_hinge_loss(
+    emb_a: Tensor, emb_b: Tensor, y: Tensor, margin: float, weight: Tensor | None = None
+) -> Tensor:
+    """Hinge loss of embedded pairs: ``d^2`` for positives, ``max(0, margin - d)^2`` otherwise.
+
+    Weighted means over the positive and over the negative pairs, summed; an empty class adds 0.
+    """
+    y = y.bool()
+    if weight is None:
+        weight = torch.ones_like(y, dtype=emb_a.dtype)
+    dist2 = (emb_a - emb_b).square().sum(-1)
+    loss = dist2.new_zeros(())
+    if y.any():
+        loss = loss + (weight[y] * dist2[y]).sum() / weight[y].sum()
+    negative = ~y
+    if negative.any():
+        # The epsilon keeps the gradient of sqrt finite for coincident points.
+        dist = torch.sqrt(dist2[negative] + 1e-12)
+        hinge = torch.clamp(margin - dist, min=0).square()
+        loss = loss + (weight[negative] * hinge).sum() / weight[negative].sum()
+    return loss
+
+
+def training_pairs(
+    emb: Tensor,
+    truth_edges: Tensor,
+    n_random: int,
+    knn_k: int,
+    chunk_size: int = 100_000,
+    backend: Literal["faiss", "torch"] = "faiss",
+) -> Tensor:
+    """Unique unordered hit pairs ``[2, P]``: truth edges, random pairs, kNN hard negatives."""
+    n_hits = emb.shape[0]
+    device = emb.device
+    parts = [truth_edges.to(device)]
+    if n_random > 0:
+        parts.append(torch.randint(0, n_hits, (2, n_random), device=device))
+    if knn_k > 0 and n_hits > 1:
+        neighbours = knn(emb.detach(), knn_k + 1, chunk_size, backend)
+        queries = torch.arange(n_hits, device=device)[:, None].expand_as(neighbours)
+        parts.append(torch.stack([queries.reshape(-1), neighbours.reshape(-1)]))
+    pairs = torch.cat(parts, dim=1)
+    pairs = pairs[:, (pairs[0] != pairs[1]) & (pairs[1] >= 0)]
+    keys = torch.unique(undirected_keys(pairs, n_hits))
+    return torch.stack([keys // n_hits, keys % n_hits])
+
+
+class EmbeddingModule(ResumableModule):
+    """Lightning module training :class:`EmbeddingNet` with the pairwise hinge loss."""
+
+    def __init__(self, model: dict[str, Any], train: dict[str, Any], resume_key: str = "") -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {"model_kind": "embedding", "model": model, "train": train, "resume_key": resume_key}
+        )
+        self.model = EmbeddingNet(**model)
+        self._val_metrics: list[dict[str, Any]] = []
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        train = self.hparams["train"]
+        emb = self.model(batch["x"])
+        n_hits = emb.shape[0]
+        pairs = training_pairs(
+            emb.detach(),
+            batch["truth_edges"],
+            int(train["random_pairs"] * n_hits),
+            train["knn_k"],
+            train["chunk_size"],
+            train["backend"],
+        )
+        y = truth_edge_mask(pairs, batch["truth_edges"], n_hits)
+        if train["same_particle"] == "ignore":
+            pid = batch["particle_id"]
+            same = (pid[pairs[0]] == pid[pairs[1]]) & (pid[pairs[0]] != 0)
+            pairs, y = pairs[:, y | ~same], y[y | ~same]
+        signal = signal_hits(
+            batch["particle_id"],
+            batch["pt"],
+            batch["nhits"],
+            train["signal_pt"],
+            train["min_hits"],
+        )
+        weight = torch.where(
+            y & signal[pairs[0]] & signal[pairs[1]], float(train["signal_weight"]), 1.0
+        ).to(emb.dtype)
+        loss = pairwise_hinge_loss(emb[pairs[0]], emb[pairs[1]], y, train["margin"], weight)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=1)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        train = self.hparams["train"]
+        emb = self.model(batch["x"])
+        edge_index = radius_graph(
+            emb,
+            batch["r"],
+            train["radius"],
+            train["k_max"],
+            train["chunk_size"],
+            train["backend"],
+        )
+        y, y_pid = edge_labels(edge_index, batch["truth_edges"], batch["particle_id"])
+        graph = {key: value.cpu() for key, value in batch.items()}
+        graph.update(edge_index=edge_index.cpu(), y=y.cpu(), y_pid=y_pid.cpu())
+        cuts = EvaluationCuts(min_hits=train["min_hits"], signal_pt=train["eval_signal_pt"])
+        self._val_metrics.append(stage_edge_metrics(graph, cuts, "validation event"))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_metrics:
+            return
+        pooled = pooled_edge_metrics(self._val_metrics)
+        self._val_metrics.clear()
+        for name in ("efficiency", "efficiency_all", "purity", "purity_pid", "edges_per_hit"):
+            self.log(f"val_{name}", pooled[name], batch_size=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.hparams["train"]["lr"])
+
+
+EMBEDDING_BATCH_KEYS = ("hit_id", "x", "r", "particle_id", "pt", "nhits", "truth_edges")
+
+
+def train_embedding(
+    cfg: Config,
+    train_files: Sequence[str | os.PathLike[str]],
+    val_files: Sequence[str | os.PathLike[str]],
+    ckpt_path: str | os.PathLike[str],
+    log: Callable[[dict[str, float], int], None] | None = None,
+    same_particle: SameParticle = "negative",
+) -> dict[str, float]:
+    """Train the embedding on features files; write ``ckpt_path`` (resumes a killed run).
+
+    Args:
+        cfg: config; uses ``embedding``, ``graph`` (validation graphs), ``evaluation.min_hits``,
+            ``seed`` and ``device``.
+        train_files, val_files: per-event features files.
+        ckpt_path: final checkpoint; ``<stem>-last.ckpt`` beside it is the per-epoch one.
+        log: called as ``log(metrics, epoch)`` after each epoch (e.g. for MLflow).
+        same_particle: pairs of one particle that are not truth-graph neighbours count as
+            negatives (the paper) or are left out of the loss.
+    Returns:
+        The last epoch's logged metrics (``train_loss``, ``val_efficiency``, ...).
+    """
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    train_set = EventDataset(train_files, EMBEDDING_BATCH_KEYS)
+    val_set = EventDataset(val_files, EMBEDDING_BATCH_KEYS)
+    in_dim = int(train_set[0]["x"].shape[1])
+    emb = cfg.embedding
+    model = {
+        "in_dim": in_dim,
+        "angle_columns": angle_columns(train_set.feature_names),
+        "emb_dim": emb.emb_dim,
+        "hidden": emb.hidden,
+        "n_layers": emb.n_layers,
+        "activation": emb.activation,
+        "layer_norm": emb.layer_norm,
+    }
+    train = {
+        "margin": emb.margin,
+        "lr": emb.lr,
+        "random_pairs": emb.random_pairs,
+        "knn_k": emb.knn_k,
+        "signal_pt": emb.signal_pt,
+        "signal_weight": emb.signal_weight,
+        "min_hits": cfg.evaluation.min_hits,
+        "eval_signal_pt": cfg.evaluation.signal_pt,
+        "same_particle": same_particle,
+        "radius": cfg.graph.radius,
+        "k_max": cfg.graph.k_max,
+        "chunk_size": cfg.graph.chunk_size,
+        "backend": cfg.graph.backend,
+    }
+    # Everything that shapes the trained weights except the epoch count (validation-only
+    # graph settings excluded): a rerun with the same key continues the interrupted training.
+    validation_only = ("radius", "k_max", "chunk_size", "eval_signal_pt")
+    shaping = {k: v for k, v in train.items() if k not in validation_only}
+    files = [os.path.basename(f) for f in train_set.files]
+    key = resume_key("embedding", model, shaping, cfg.seed, files)
+    module = EmbeddingModule(model, train, key)
+    trainer = fit_resumable(
+        module,
+        "embedding",
+        ckpt_path,
+        cfg.device,
+        emb.epochs,
+        event_loader(train_set, shuffle=True),
+        event_loader(val_set, shuffle=False),
+        log,
+    )
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}

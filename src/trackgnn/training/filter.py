@@ -1,0 +1,166 @@
+"""Training of the edge filter (Lightning), one event graph per step.
+
+Each step takes all of the event's truth-graph edges and, per true edge, ``negative_ratio`` hard
+negatives (the fake edges the current model scores highest) and as many easy negatives (fake
+edges drawn uniformly), as in the paper; the loss is binary cross-entropy against ``y``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trackgnn.config import Config
+from trackgnn.evaluation.matching import EvaluationCuts
+from trackgnn.evaluation.metrics import roc_auc
+from trackgnn.graph.construction import pooled_edge_metrics, stage_edge_metrics
+from trackgnn.models.filter import FilterNet, geometry_tensor
+from trackgnn.models.mlp import angle_columns
+from trackgnn.training.checkpoint import ResumableModule, fit_resumable, resume_key
+from trackgnn.training.embedding import EventDataset, event_loader
+
+FILTER_BATCH_KEYS = (
+    "hit_id",
+    "x",
+    "r",
+    "phi",
+    "z",
+    "eta",
+    "edge_index",
+    "y",
+    "y_pid",
+    "particle_id",
+    "pt",
+    "nhits",
+    "truth_edges",
+)
+
+
+def select_training_edges(y: Tensor, fake_scores: Tensor, negative_ratio: float) -> Tensor:
+    """Indices of the edges of one step: all true, then hard, then easy negatives.
+
+    Args:
+        y: ``[E]`` truth of every edge.
+        fake_scores: ``[n_fake]`` current scores of the fake edges (in edge order).
+        negative_ratio: hard negatives, and again easy negatives, per true edge (at least one
+            of each when the event has no true edge).
+    """
+    true_idx = torch.nonzero(y, as_tuple=True)[0]
+    fake_idx = torch.nonzero(~y, as_tuple=True)[0]
+    n_negative = min(math.ceil(negative_ratio * max(len(true_idx), 1)), len(fake_idx))
+    if n_negative == 0:
+        return true_idx
+    hard = fake_idx[torch.topk(fake_scores, n_negative).indices]
+    easy = fake_idx[torch.randint(0, len(fake_idx), (n_negative,), device=y.device)]
+    return torch.cat([true_idx, hard, easy])
+
+
+class FilterModule(ResumableModule):
+    """Lightning module training :class:`FilterNet` with hard + easy negative sampling."""
+
+    def __init__(self, model: dict[str, Any], train: dict[str, Any], resume_key: str = "") -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {"model_kind": "filter", "model": model, "train": train, "resume_key": resume_key}
+        )
+        self.model = FilterNet(**model)
+        self._val_metrics: list[dict[str, Any]] = []
+        self._val_edges_in = 0
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        train = self.hparams["train"]
+        geometry = geometry_tensor(batch["r"], batch["phi"], batch["z"], batch["eta"])
+        edge_index, y = batch["edge_index"], batch["y"].bool()
+        fake_scores = self.model.scores(
+            batch["x"], geometry, edge_index[:, ~y], train["chunk_edges"]
+        )
+        chosen = select_training_edges(y, fake_scores, train["negative_ratio"])
+        logits = self.model(batch["x"], geometry, edge_index[:, chosen])
+        loss = F.binary_cross_entropy_with_logits(logits, y[chosen].to(logits.dtype))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=1)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        train = self.hparams["train"]
+        geometry = geometry_tensor(batch["r"], batch["phi"], batch["z"], batch["eta"])
+        edge_index, y = batch["edge_index"], batch["y"].bool()
+        scores = self.model.scores(batch["x"], geometry, edge_index, train["chunk_edges"])
+        keep = scores >= train["cut"]
+        graph = {key: value.cpu() for key, value in batch.items()}
+        graph.update(
+            edge_index=edge_index[:, keep].cpu(), y=y[keep].cpu(), y_pid=batch["y_pid"][keep].cpu()
+        )
+        cuts = EvaluationCuts(min_hits=train["min_hits"], signal_pt=train["signal_pt"])
+        metrics = stage_edge_metrics(graph, cuts, "validation event")
+        metrics["auc"] = roc_auc(scores.cpu(), y.cpu())
+        self._val_metrics.append(metrics)
+        self._val_edges_in += edge_index.shape[1]
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_metrics:
+            return
+        pooled = pooled_edge_metrics(self._val_metrics)
+        kept = sum(event["n_edges"] for event in self._val_metrics)
+        pooled["edge_reduction"] = self._val_edges_in / max(kept, 1)
+        self._val_metrics.clear()
+        self._val_edges_in = 0
+        for name, value in pooled.items():
+            self.log(f"val_{name}", value, batch_size=1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.hparams["train"]["lr"])
+
+
+def train_filter(
+    cfg: Config,
+    train_graph_files: Sequence[str | os.PathLike[str]],
+    val_graph_files: Sequence[str | os.PathLike[str]],
+    ckpt_path: str | os.PathLike[str],
+    log: Callable[[dict[str, float], int], None] | None = None,
+) -> dict[str, float]:
+    """Train the filter on graph files; write ``ckpt_path`` (resumes a killed run).
+
+    Uses ``filter``, ``evaluation.signal_pt``/``min_hits`` (validation signal efficiency),
+    ``seed`` and ``device``. Returns the last epoch's logged metrics.
+    """
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    train_set = EventDataset(train_graph_files, FILTER_BATCH_KEYS)
+    val_set = EventDataset(val_graph_files, FILTER_BATCH_KEYS)
+    flt = cfg.filter
+    model = {
+        "node_dim": int(train_set[0]["x"].shape[1]),
+        "angle_columns": angle_columns(train_set.feature_names),
+        "hidden": flt.hidden,
+        "n_layers": flt.n_layers,
+        "activation": flt.activation,
+        "layer_norm": flt.layer_norm,
+    }
+    train = {
+        "lr": flt.lr,
+        "negative_ratio": flt.negative_ratio,
+        "chunk_edges": flt.chunk_edges,
+        "cut": flt.cut,
+        "signal_pt": cfg.evaluation.signal_pt,
+        "min_hits": cfg.evaluation.min_hits,
+    }
+    shaping = {"lr": flt.lr, "negative_ratio": flt.negative_ratio}
+    files = [os.path.basename(f) for f in train_set.files]
+    module = FilterModule(model, train, resume_key("filter", model, shaping, cfg.seed, files))
+    trainer = fit_resumable(
+        module,
+        "filter",
+        ckpt_path,
+        cfg.device,
+        flt.epochs,
+        event_loader(train_set, shuffle=True),
+        event_loader(val_set, shuffle=False),
+        log,
+    )
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}

@@ -1,0 +1,134 @@
+"""Edge filter: inputs, chunked inference, negative sampling, training and the filter stage."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_embedding import synthetic_features, tiny_config
+from trackgnn.errors import CheckpointError
+from trackgnn.graph.construction import filter_graph, load_event
+from trackgnn.graph.radius import radius_graph
+from trackgnn.graph.truth import edge_labels
+from trackgnn.io import save_tensors
+from trackgnn.models.filter import FilterNet, edge_inputs, geometry_tensor
+from trackgnn.models.mlp import ROW_TILE
+from trackgnn.training.filter import select_training_edges, train_filter
+
+
+def synthetic_graph(event_id: int) -> dict:
+    """A synthetic event with candidate edges: neighbours in (phi, eta) direction, labelled."""
+    data = synthetic_features(event_id, n_particles=80, n_noise=60)
+    direction = torch.stack(
+        [torch.cos(data["phi"]), torch.sin(data["phi"]), data["eta"] / 2], dim=1
+    )
+    edge_index = radius_graph(direction, data["r"], 0.4, 12, backend="faiss")
+    y, y_pid = edge_labels(edge_index, data["truth_edges"], data["particle_id"])
+    return {**data, "edge_index": edge_index, "y": y, "y_pid": y_pid}
+
+
+def write_graphs(directory: Path, ids: list[int]) -> list[Path]:
+    paths = []
+    for event_id in ids:
+        path = directory / f"event{event_id:09d}.pt"
+        save_tensors(synthetic_graph(event_id), path)
+        paths.append(path)
+    return paths
+
+
+def test_edge_inputs_concatenate_hit_features_and_wrapped_deltas():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    geometry = torch.tensor([[100.0, 3.1, 10.0, 0.5], [300.0, -3.1, -40.0, 0.2]])
+    inputs = edge_inputs(x, geometry, torch.tensor([[0], [1]]))
+    assert inputs.shape == (1, 2 * 2 + 4)
+    assert inputs[0, :4].tolist() == [1.0, 2.0, 3.0, 4.0]
+    dr, dphi, dz, deta = inputs[0, 4:].tolist()
+    assert dr == pytest.approx(200.0 / 100.0)
+    # -3.1 - 3.1 = -6.2 wraps to 2 pi - 6.2 = +0.083 rad, not -6.2.
+    assert dphi == pytest.approx((2 * math.pi - 6.2) / 0.1, rel=1e-5)
+    assert dz == pytest.approx(-50.0 / 100.0)
+    assert deta == pytest.approx(-0.3 / 0.1, rel=1e-5)
+
+
+def test_chunked_and_unchunked_inference_are_identical():
+    torch.manual_seed(0)
+    n_hits, n_edges = 500, 20_000
+    model = FilterNet(node_dim=8, hidden=64, n_layers=3).eval()
+    x = torch.randn(n_hits, 8)
+    geometry = torch.rand(n_hits, 4) * torch.tensor([1000.0, 6.0, 2000.0, 8.0])
+    edge_index = torch.randint(0, n_hits, (2, n_edges))
+    whole = model.scores(x, geometry, edge_index, chunk_edges=n_edges)
+    for chunk in (1, 777, 4999, 10_000):
+        assert torch.equal(model.scores(x, geometry, edge_index, chunk_edges=chunk), whole)
+    assert whole.shape == (n_edges,) and ((whole > 0) & (whole < 1)).all()
+    # Not just equal to itself: the same as scoring edge by edge, to float precision.
+    single = torch.sigmoid(model(x, geometry, edge_index[:, :50]))
+    assert torch.allclose(whole[:50], single, atol=1e-6)
+    assert model.scores(x, geometry, edge_index[:, :0]).shape == (0,)
+
+
+def test_chunked_inference_bounds_the_rows_per_forward_pass():
+    model = FilterNet(node_dim=8, hidden=16, n_layers=1).eval()
+    rows_seen = []
+    model.net.register_forward_hook(lambda mod, inputs, out: rows_seen.append(len(inputs[0])))
+    edge_index = torch.randint(0, 100, (2, 10_000))
+    model.scores(torch.randn(100, 8), torch.rand(100, 4), edge_index, chunk_edges=3000)
+    assert max(rows_seen) <= 3000
+    assert sum(rows_seen) < 10_000 + ROW_TILE  # each edge once, plus at most one tile of padding
+
+
+def test_training_edges_are_all_true_plus_hardest_and_random_fakes():
+    torch.manual_seed(0)
+    y = torch.zeros(100, dtype=torch.bool)
+    y[[3, 50, 70]] = True
+    fake_scores = torch.linspace(0, 1, 97)  # fakes in edge order; the last ones score highest
+    chosen = select_training_edges(y, fake_scores, negative_ratio=2.0)
+    assert len(chosen) == 3 + 6 + 6
+    assert chosen[:3].tolist() == [3, 50, 70]
+    fake_idx = torch.nonzero(~y).squeeze(1)
+    assert sorted(chosen[3:9].tolist()) == sorted(fake_idx[-6:].tolist())  # hardest six
+    assert not y[chosen[3:]].any()  # negatives are fakes
+
+
+def test_train_filter_then_filter_graph_removes_edges_under_the_cut(tmp_path):
+    files = write_graphs(tmp_path / "graph", [11, 12, 13])
+    cfg = tiny_config(tmp_path, filter={"epochs": 15, "lr": 0.01, "cut": 0.5, "chunk_edges": 1000})
+    ckpt = tmp_path / "models" / "filter.ckpt"
+    metrics = train_filter(cfg, files[:2], files[2:], ckpt)
+    assert metrics["val_auc"] > 0.9, metrics
+
+    out = tmp_path / "filter" / "event000000013.pt"
+    stage = filter_graph(cfg, ckpt, files[2], out)
+    before = load_event(files[2], graph=True)
+    after = load_event(out, graph=True)
+    assert stage["n_edges_in"] == before["edge_index"].shape[1]
+    assert stage["n_edges"] == after["edge_index"].shape[1] < before["edge_index"].shape[1]
+    assert (after["scores"] >= 0.5).all()
+    # Kept edges are the input edges whose score passes, with their labels.
+    model = FilterNet(**torch.load(ckpt, weights_only=True)["hyper_parameters"]["model"])
+    model.load_state_dict(
+        {k[6:]: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items()}
+    )
+    geometry = geometry_tensor(before["r"], before["phi"], before["z"], before["eta"])
+    scores = model.scores(before["x"], geometry, before["edge_index"])
+    keep = scores >= 0.5
+    assert torch.equal(after["edge_index"], before["edge_index"][:, keep])
+    assert torch.equal(after["y"], before["y"][keep])
+    assert torch.allclose(after["scores"], scores[keep])
+    assert stage["auc"] > 0.9
+    assert stage["efficiency_all"] == pytest.approx(int(after["y"].sum()) / stage["n_truth"])
+
+
+def test_filter_stage_rejects_an_embedding_checkpoint(tmp_path):
+    files = write_graphs(tmp_path / "graph", [21, 22])
+    cfg = tiny_config(tmp_path, filter={"epochs": 1})
+    ckpt = tmp_path / "models" / "filter.ckpt"
+    train_filter(cfg, files[:1], files[1:], ckpt)
+    # The filter checkpoint is not an embedding model.
+    from trackgnn.graph.construction import build_graph
+
+    with pytest.raises(CheckpointError, match=r"filter\.ckpt: is a filter checkpoint, expected"):
+        build_graph(cfg, ckpt, files[0], tmp_path / "out.pt")
