@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from trackgnn.config import Config
 from trackgnn.errors import InputError
+from trackgnn.evaluation.metrics import roc_auc
 from trackgnn.io import load_tensors, save_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN, edge_features
 from trackgnn.training.checkpoint import (
@@ -221,32 +222,14 @@ def edge_classification_metrics(logits: Tensor, y: Tensor, cut: float = 0.5) -> 
     scores = torch.sigmoid(logits.float())
     pred = scores >= cut
     truth = y > 0.5
+    auc = roc_auc(scores, truth)
     tp = int((pred & truth).sum())
     n_pred, n_true = int(pred.sum()), int(truth.sum())
     return {
         "precision": tp / n_pred if n_pred else 0.0,
         "recall": tp / n_true if n_true else 0.0,
-        "auc": roc_auc(scores, truth),
+        "auc": float("nan") if auc is None else auc,
     }
-
-
-def roc_auc(scores: Tensor, truth: Tensor) -> float:
-    """ROC AUC by the rank statistic (ties share their mean rank)."""
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = torch.argsort(scores)
-    sorted_scores = scores[order]
-    ranks = torch.empty(len(scores), dtype=torch.float64)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    # average ranks over ties
-    _, inverse, counts = torch.unique_consecutive(
-        sorted_scores, return_inverse=True, return_counts=True
-    )
-    ends = counts.cumsum(0).double()
-    mean_rank = ends - (counts.double() - 1) / 2
-    ranks[order] = mean_rank[inverse]
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def peak_rss_mb() -> float:
