@@ -12,7 +12,8 @@ from trackgnn.errors import CheckpointError, TrackGNNError
 from trackgnn.graph.construction import build_graph, filter_graph
 from trackgnn.io import save_tensors
 from trackgnn.models.embedding import EmbeddingNet
-from trackgnn.training.checkpoint import last_checkpoint_path, load_model, read_checkpoint
+from trackgnn.models.checkpoint import load_model, read_checkpoint
+from trackgnn.training.checkpoint import last_checkpoint_path
 from trackgnn.training.embedding import train_embedding
 
 

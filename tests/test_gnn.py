@@ -14,11 +14,8 @@ from trackgnn.config import config_from_dict
 from trackgnn.errors import CheckpointError
 from trackgnn.io import save_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN, InteractionLayer
-from trackgnn.training.gnn import (
-    edge_classification_metrics,
-    score_edges,
-    train_gnn,
-)
+from trackgnn.scoring import edge_classification_metrics, score_edges
+from trackgnn.training.gnn import train_gnn
 
 ROOT = Path(__file__).parents[1]
 

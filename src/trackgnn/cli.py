@@ -188,7 +188,7 @@ def cmd_filter(args: argparse.Namespace) -> None:
 
 
 def cmd_score_edges(args: argparse.Namespace) -> None:
-    from trackgnn.training.gnn import score_edges
+    from trackgnn.scoring import score_edges
 
     _per_event(args, "score_edges", "gnn", score_edges)
 

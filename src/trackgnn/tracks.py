@@ -9,7 +9,7 @@ import torch
 from trackgnn.config import Config
 from trackgnn.graph.components import build_tracks, write_submission
 from trackgnn.io import load_tensors
-from trackgnn.training.checkpoint import resolve_device
+from trackgnn.models.checkpoint import resolve_device
 
 
 def run_build_tracks(cfg: Config, graph_file: str | Path, out: str | Path) -> dict[str, float]:

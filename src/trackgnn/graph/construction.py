@@ -32,7 +32,7 @@ from trackgnn.graph.truth import edge_labels, unique_truth_edges
 from trackgnn.io import load_tensors, save_tensors
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.filter import FilterNet, geometry_tensor
-from trackgnn.training.checkpoint import load_model, resolve_device
+from trackgnn.models.checkpoint import load_model, resolve_device
 
 #: Keys every features file holds (see trackgnn.features); graph files add GRAPH_KEYS.
 FEATURE_KEYS = (

@@ -19,12 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import resource
 import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,68 +33,26 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from trackgnn.config import Config
-from trackgnn.errors import InputError
-from trackgnn.evaluation.metrics import roc_auc
-from trackgnn.io import load_tensors, save_tensors
-from trackgnn.models.interaction_gnn import InteractionGNN, edge_features
+from trackgnn.models.interaction_gnn import InteractionGNN
+from trackgnn.scoring import (
+    KIND,
+    GraphBatch,
+    edge_classification_metrics,
+    load_event_graph,
+    peak_rss_mb,
+)
 from trackgnn.training.checkpoint import (
     EpochReport,
     LastCheckpoint,
     ResumableModule,
     find_resume_checkpoint,
     last_checkpoint_path,
-    load_model,
     read_checkpoint,
     resolve_device,
     resume_key,
     save_checkpoint_atomic,
 )
 from trackgnn.training.distributed import gradient_sync_stats, is_rank_zero, trainer_kwargs
-
-KIND = "gnn"
-GRAPH_KEYS = ("x", "edge_index", "r", "phi", "z", "eta")
-
-
-@dataclass
-class GraphBatch:
-    """What the GNN trains on: one event graph or a batch of ShaDow subgraphs."""
-
-    x: Tensor
-    edge_attr: Tensor
-    edge_index: Tensor
-    y: Tensor
-    weight: Tensor
-    n_samples: int  # roots (shadow) or graphs (full) in this batch on this rank
-
-    def to(self, device: torch.device | str) -> GraphBatch:
-        return GraphBatch(
-            self.x.to(device),
-            self.edge_attr.to(device),
-            self.edge_index.to(device),
-            self.y.to(device),
-            self.weight.to(device),
-            self.n_samples,
-        )
-
-
-def load_event_graph(path: str | Path) -> GraphBatch:
-    """An event graph file (filter stage output) as a :class:`GraphBatch` with unit weights."""
-    data = load_tensors(path, required=GRAPH_KEYS)
-    ei = data["edge_index"]
-    if ei.dim() != 2 or ei.shape[0] != 2:
-        raise InputError(path, "edge_index must have shape [2, E]")
-    n = data["x"].shape[0]
-    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= n):
-        raise InputError(path, f"edge_index refers to nodes outside 0..{n - 1}")
-    y = data.get("y_pid", torch.zeros(ei.shape[1], dtype=torch.bool))
-    return GraphBatch(
-        x=data["x"].float(),
-        edge_attr=edge_features(data["r"], data["phi"], data["z"], data["eta"], ei).float(),
-        edge_index=ei.long(),
-        y=y.float(),
-        weight=torch.ones(ei.shape[1]),
-        n_samples=1,
-    )
 
 
 def union_graph(graphs: list[GraphBatch]) -> GraphBatch:
@@ -215,26 +171,6 @@ class ShadowStream(IterableDataset):
             weight=weight,
             n_samples=n_roots,
         )
-
-
-def edge_classification_metrics(logits: Tensor, y: Tensor, cut: float = 0.5) -> dict[str, float]:
-    """Precision, recall (edges with score >= cut) and ROC AUC of edge scores."""
-    scores = torch.sigmoid(logits.float())
-    pred = scores >= cut
-    truth = y > 0.5
-    auc = roc_auc(scores, truth)
-    tp = int((pred & truth).sum())
-    n_pred, n_true = int(pred.sum()), int(truth.sum())
-    return {
-        "precision": tp / n_pred if n_pred else 0.0,
-        "recall": tp / n_true if n_true else 0.0,
-        "auc": float("nan") if auc is None else auc,
-    }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class EpochStats(pl.Callback):
@@ -462,30 +398,3 @@ def train_gnn(
                 }
             )
     return trainer
-
-
-def score_edges(
-    cfg: Config, model_ckpt: str | Path, graph_file: str | Path, out: str | Path
-) -> dict:
-    """Score every edge of a filtered event graph; save the graph with GNN ``scores``."""
-    start = time.perf_counter()
-    device = torch.device(resolve_device(cfg.device))
-    model, _ = load_model(model_ckpt, KIND, InteractionGNN)
-    model.to(device)
-    data = load_tensors(graph_file, required=GRAPH_KEYS)
-    graph = load_event_graph(graph_file).to(device)
-    with torch.inference_mode():
-        logits = model(graph.x, graph.edge_attr, graph.edge_index)
-    scores = torch.sigmoid(logits.float()).cpu()
-    if "scores" in data:
-        data["filter_scores"] = data["scores"]
-    data["scores"] = scores
-    save_tensors(data, out)
-    metrics: dict[str, float] = {
-        "n_edges": float(len(scores)),
-        "time_s": time.perf_counter() - start,
-    }
-    if "y_pid" in data:
-        metrics.update(edge_classification_metrics(logits.cpu(), data["y_pid"].float()))
-    metrics["peak_rss_mb"] = peak_rss_mb()
-    return metrics
