@@ -1,7 +1,8 @@
 # trackgnn: the Exa.TrkX GNN tracking pipeline as a Snakemake workflow.
 #   snakemake                          embedded default (config/config.yaml), local
 #   snakemake --configfile config/smoke.yaml
-#   snakemake --profile perlmutter     NERSC Perlmutter (SLURM)
+#   snakemake --profile perlmutter --configfile config/mu200.yaml   NERSC Perlmutter (SLURM)
+#   snakemake scaling                  the data-parallel scaling study (workflow/rules/studies.smk)
 # Rules are thin: each calls one `trackgnn` subcommand; the logic lives in src/trackgnn.
 
 from snakemake.exceptions import WorkflowError
@@ -30,6 +31,13 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/graph.smk"
 include: "workflow/rules/gnn.smk"
 include: "workflow/rules/tracks.smk"
+include: "workflow/rules/studies.smk"
+
+
+# Aggregation only: never worth a cluster job.
+localrules:
+    all,
+    scaling,
 
 
 rule all:

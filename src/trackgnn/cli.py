@@ -366,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("check-config", help="validate a config and print it resolved"))
     p.set_defaults(func=cmd_check_config)
+
+    from trackgnn.studies import add_study_parser
+
+    add_study_parser(sub, with_config, _positive_int)
     return parser
 
 

@@ -10,6 +10,8 @@ if CFG.data.source == "simulate":
             seed=CFG.seed,
         log:
             f"{RUN}/logs/simulate_event/event{{event}}.log",
+        conda:
+            CONDA_ENV
         shell:
             "trackgnn simulate --events 1 --first-event-id {wildcards.event} --seed {params.seed}"
             " --mu {params.simulate[mu]} --generator {params.simulate[generator]}"
@@ -27,5 +29,7 @@ rule features:
         prefix=lambda wc: CTX.event_prefix(wc.event),
     log:
         f"{RUN}/logs/features/event{{event}}.log",
+    conda:
+        CONDA_ENV
     shell:
         "trackgnn features --event {params.prefix} --output {output.features} 2> {log}"

@@ -1,13 +1,6 @@
 # Interaction GNN: training (a cluster rule: P data-parallel ranks) and per-event edge scoring.
 
 
-def _launcher():
-    """Locally torchrun starts P gloo ranks; on SLURM the profile's srun starts one rank per GPU."""
-    if CFG.gnn.world_size > 1 and not workflow.executor_plugin_name == "slurm":
-        return f"torchrun --standalone --nproc-per-node {CFG.gnn.world_size} -m trackgnn.cli"
-    return "trackgnn"
-
-
 rule train_gnn:
     input:
         train=split_files("filter", "train"),
@@ -17,16 +10,21 @@ rule train_gnn:
     params:
         gnn=_training_params("gnn"),
         device=CFG.device,
-        launcher=_launcher(),
+        # torchrun locally; `{resources.mpi} -n {resources.tasks} trackgnn` (srun, one rank per
+        # GPU) where the profile gives the rule an mpi resource. See rank_launcher().
+        launcher=lambda wildcards, resources: rank_launcher(resources),
     log:
         f"{RUN}/logs/train_gnn.log",
-    threads: max(1, CFG.gnn.world_size)
+    # Locally each of the P ranks is a process of its own.
+    threads: CFG.gnn.world_size
     resources:
-        gpu=1,
         tasks=CFG.gnn.world_size,
+        gpu=gpus(CFG.gnn.world_size),
+    conda:
+        CONDA_ENV
     shell:
         "{params.launcher} train gnn --config {CONFIG} --train {input.train} --val {input.val}"
-        " --output {output} 2> {log}"
+        " --output {output} > {log} 2>&1"
 
 
 rule score_edges:
@@ -38,6 +36,10 @@ rule score_edges:
         metrics=f"{RUN}/gnn/event{{event}}.json",
     log:
         f"{RUN}/logs/score_edges/event{{event}}.log",
+    resources:
+        gpu=gpus(),
+    conda:
+        CONDA_ENV
     shell:
         "trackgnn score-edges --config {CONFIG} --model {input.model} --inputs {input.graph}"
         " --outputs {output.graph} 2> {log}"

@@ -18,10 +18,12 @@ rule train_embedding:
     log:
         f"{RUN}/logs/train_embedding.log",
     resources:
-        gpu=1,
+        gpu=gpus(),
+    conda:
+        CONDA_ENV
     shell:
         "trackgnn train embedding --config {CONFIG} --train {input.train} --val {input.val}"
-        " --output {output} 2> {log}"
+        " --output {output} > {log} 2>&1"
 
 
 rule build_graph:
@@ -35,6 +37,10 @@ rule build_graph:
         graph=CFG.section("graph"),
     log:
         f"{RUN}/logs/build_graph/event{{event}}.log",
+    resources:
+        gpu=gpus(),
+    conda:
+        CONDA_ENV
     shell:
         "trackgnn build-graph --config {CONFIG} --model {input.model} --inputs {input.features}"
         " --outputs {output.graph} 2> {log}"
@@ -52,10 +58,12 @@ rule train_filter:
     log:
         f"{RUN}/logs/train_filter.log",
     resources:
-        gpu=1,
+        gpu=gpus(),
+    conda:
+        CONDA_ENV
     shell:
         "trackgnn train filter --config {CONFIG} --train {input.train} --val {input.val}"
-        " --output {output} 2> {log}"
+        " --output {output} > {log} 2>&1"
 
 
 rule filter_graph:
@@ -70,6 +78,10 @@ rule filter_graph:
         chunk_edges=CFG.filter.chunk_edges,
     log:
         f"{RUN}/logs/filter_graph/event{{event}}.log",
+    resources:
+        gpu=gpus(),
+    conda:
+        CONDA_ENV
     shell:
         "trackgnn filter --config {CONFIG} --model {input.model} --inputs {input.graph}"
         " --outputs {output.graph} 2> {log}"

@@ -11,6 +11,10 @@ rule build_tracks:
         tracks=CFG.section("tracks"),
     log:
         f"{RUN}/logs/build_tracks/event{{event}}.log",
+    resources:
+        gpu=gpus(),
+    conda:
+        CONDA_ENV
     shell:
         "trackgnn build-tracks --config {CONFIG} --inputs {input} --outputs {output.tracks} 2> {log}"
 
@@ -29,6 +33,8 @@ rule evaluate:
         events=CTX.event_ids("test"),
     log:
         f"{RUN}/logs/evaluate.log",
+    conda:
+        CONDA_ENV
     shell:
         "trackgnn evaluate --config {CONFIG} --event-ids {params.events}"
         " --output-dir {RUN}/report 2> {log}"

@@ -1,0 +1,97 @@
+"""Shared helpers for the workflow-level tests: run Snakemake on the repository's Snakefile in a
+temporary working directory and read its plans."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "config" / "smoke.yaml"
+#: The smoke config made quicker still: one epoch per training.
+QUICK = {"embedding": {"epochs": 1}, "filter": {"epochs": 1}, "gnn": {"epochs": 1}}
+
+
+def tool_env(extra_path: Sequence[Path] = ()) -> dict[str, str]:
+    """The environment for Snakemake and the jobs it starts: this interpreter's bin first."""
+    path = [str(p) for p in extra_path] + [str(Path(sys.executable).parent), os.environ["PATH"]]
+    return {**os.environ, "PATH": os.pathsep.join(path)}
+
+
+def write_config(path: Path, overrides: dict) -> Path:
+    """Write an override config (merged by Snakemake over config/smoke.yaml)."""
+    path.write_text(yaml.safe_dump(overrides))
+    return path
+
+
+def snakemake(
+    workdir: Path,
+    *args: str,
+    configs: Sequence[Path] = (),
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    cores: int | None = 2,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``snakemake`` on the repository's Snakefile with results under ``workdir``.
+
+    ``cores=None`` leaves the core count to the profiles (as a user typing the command would).
+    """
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--nocolor", *(["--cores", str(cores)] if cores else []), *args]
+    if configs:  # last: --configfile takes every following word
+        command += ["--configfile", *map(str, configs)]
+    return subprocess.run(
+        command,
+        cwd=cwd or workdir,
+        env=env or tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Job counts per rule from a plan's "Job stats" table (empty when nothing is to be done)."""
+    if "Job stats:" not in output:
+        return {}
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {
+        rule: int(count)
+        for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)
+        if rule != "total"
+    }
+
+
+def planned_outputs(output: str) -> set[str]:
+    """Output files of the planned jobs of a dry run."""
+    return {
+        f.strip()
+        for line in re.findall(r"^\s*output: (.*)$", output, re.M)
+        for f in line.split(",")
+    }
+
+
+def toy_graph(seed: int, n_tracks: int = 24, hits: int = 8, n_fake: int = 300) -> dict:
+    """A filter-stage graph file: straight tracks plus random fake edges, labelled."""
+    gen = torch.Generator().manual_seed(seed)
+    track = torch.arange(n_tracks).repeat_interleave(hits)
+    r = torch.arange(1, hits + 1).float().repeat(n_tracks) * 100.0
+    phi = (torch.rand(n_tracks, generator=gen) * 6 - 3)[track]
+    eta = (torch.rand(n_tracks, generator=gen) * 4 - 2)[track]
+    z = r * torch.sinh(eta)
+    idx = torch.arange(len(r)).view(n_tracks, hits)
+    true_edges = torch.stack([idx[:, :-1].flatten(), idx[:, 1:].flatten()])
+    fake = torch.randint(0, len(r), (2, n_fake), generator=gen)
+    edge_index = torch.cat([true_edges, fake], 1)
+    y = track[edge_index[0]] == track[edge_index[1]]
+    x = torch.stack([r / 1000, phi / torch.pi, z / 1000, eta / 4], 1)
+    return {"x": x, "r": r, "phi": phi, "z": z, "eta": eta, "edge_index": edge_index, "y_pid": y}

@@ -1,0 +1,438 @@
+"""What Snakemake reruns, and what the cluster profile asks for.
+
+The smoke pipeline runs once for the module (a temporary working directory, the repository's
+Snakefile); every test after that is a dry run that reads the planned jobs: a changed parameter
+reruns exactly its stage and what depends on it, a changed input event only that event's jobs
+(and, for a training event, the training that reads it), ``--forcerun``/``--until`` a single
+stage. Then the Perlmutter profile from the repository root, as typed: the plan's GNN training
+asks for GPUs and srun ranks the way the SLURM executor turns into the intended sbatch request;
+an unset NERSC_ACCOUNT is a one-line error. Then the conda environments the rules use, and
+the scaling study: its arithmetic, and one strong-scaling point measured for real with two ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from trackgnn.errors import TrackGNNError
+from trackgnn.io import save_tensors
+from trackgnn.studies import SamplerChoice, parse_sampler, scaling_rows, world_sizes
+
+from .conftest import (
+    QUICK,
+    REPO,
+    SMOKE,
+    planned_jobs,
+    snakemake,
+    tool_env,
+    toy_graph,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+RUN = "rerun"
+TEST_EVENT = "000005003"  # the smoke config's only test event
+TRAIN_EVENT = "000005000"
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """A working directory in which the quick smoke pipeline has run to completion."""
+    work = tmp_path_factory.mktemp("workflow")
+    base = write_config(work / "base.yaml", {**QUICK, "run": RUN})
+    result = snakemake(work, configs=[SMOKE, base])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    nothing = snakemake(work, "--dry-run", configs=[SMOKE, base])
+    assert planned_jobs(nothing.stdout + nothing.stderr) == {}, "a finished pipeline plans no jobs"
+    return SimpleNamespace(work=work, base=base)
+
+
+def dry_run(done, *args, overrides=None):
+    configs = [SMOKE, done.base]
+    if overrides is not None:
+        configs.append(write_config(done.work / "changed.yaml", {**QUICK, "run": RUN, **overrides}))
+    result = snakemake(done.work, "--dry-run", *args, configs=configs)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return planned_jobs(output)
+
+
+DOWNSTREAM_OF_GNN = {"score_edges": 1, "build_tracks": 1, "evaluate": 1, "all": 1}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # track building only: the one test event, then the report
+        ({"tracks": {"score_cut": 0.3}}, {"build_tracks": 1, "evaluate": 1, "all": 1}),
+        ({"evaluation": {"min_hits": 4}}, {"evaluate": 1, "all": 1}),
+        # GNN training and its per-event consumers, nothing upstream
+        ({"gnn": {"epochs": 1, "hidden": 24}}, {"train_gnn": 1, **DOWNSTREAM_OF_GNN}),
+        # the filter's inference cut: every event's filtering, then all that reads it
+        (
+            {"filter": {"epochs": 1, "cut": 0.2}},
+            {"filter_graph": 4, "train_gnn": 1, **DOWNSTREAM_OF_GNN},
+        ),
+        # the radius graph: everything from graph building on, no features, no simulation
+        (
+            {"graph": {"radius": 0.25}},
+            {"build_graph": 4, "train_filter": 1, "filter_graph": 4, "train_gnn": 1}
+            | DOWNSTREAM_OF_GNN,
+        ),
+    ],
+    ids=["tracks", "evaluation", "gnn", "filter-cut", "graph"],
+)
+def test_changed_parameter_reruns_its_stage_and_downstream(done, overrides, expected):
+    assert dry_run(done, overrides=overrides) == expected
+
+
+@contextlib.contextmanager
+def changed_event(done, event: str):
+    """Move the first hit of an event by 1 mm (a real content change: Snakemake compares
+    checksums, not only times), then put the file back as it was."""
+    hits = done.work / "results" / RUN / "events" / f"event{event}-hits.csv"
+    original, stat = hits.read_bytes(), hits.stat()
+    header, first, rest = original.decode().split("\n", 2)
+    fields = first.split(",")
+    column = header.split(",").index("x")
+    fields[column] = repr(float(fields[column]) + 1.0)
+    try:
+        hits.write_text("\n".join([header, ",".join(fields), rest]))
+        yield
+    finally:
+        hits.write_bytes(original)
+        os.utime(hits, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_changed_test_event_reruns_only_that_events_jobs(done):
+    with changed_event(done, TEST_EVENT):
+        plan = dry_run(done)
+    per_event = ("features", "build_graph", "filter_graph", "score_edges", "build_tracks")
+    assert plan == {**dict.fromkeys(per_event, 1), "evaluate": 1, "all": 1}
+
+
+def test_changed_training_event_reruns_it_and_the_training_that_reads_it(done):
+    with changed_event(done, TRAIN_EVENT):
+        plan = dry_run(done)
+    # Its own features, then the embedding it trains; the new embedding changes every event's
+    # graph. The other events' simulation and features stay.
+    assert plan["features"] == 1 and "simulate_event" not in plan
+    assert plan["train_embedding"] == 1 and plan["build_graph"] == 4 and plan["train_gnn"] == 1
+
+
+def test_forcerun_until_reruns_a_single_stage(done):
+    assert dry_run(done, "--forcerun", "train_gnn", "--until", "train_gnn") == {"train_gnn": 1}
+    assert dry_run(done, "--forcerun", "filter_graph", "--until", "filter_graph") == {
+        "filter_graph": 4
+    }
+    # Without --until, a forced stage takes what depends on it along.
+    assert dry_run(done, "--forcerun", "train_gnn") == {"train_gnn": 1, **DOWNSTREAM_OF_GNN}
+
+
+# ------------------------------------------------------------------------------ Perlmutter
+
+
+def perlmutter_dry_run(tmp_path, account: str | None, overrides: dict | None = None):
+    """``snakemake --profile perlmutter --dry-run`` from the repository root, few events."""
+    small = {"results_dir": str(tmp_path / "results"), **(overrides or {})}
+    small.setdefault("data", {"train_events": 8, "val_events": 2, "test_events": 2})
+    env = tool_env()
+    env.pop("NERSC_ACCOUNT", None)
+    if account is not None:
+        env["NERSC_ACCOUNT"] = account
+    result = snakemake(
+        tmp_path,
+        "--profile",
+        "perlmutter",
+        "--dry-run",
+        "--printshellcmds",
+        configs=[REPO / "config" / "mu200.yaml", write_config(tmp_path / "small.yaml", small)],
+        cwd=REPO,
+        env=env,
+        cores=None,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def _job_block(output: str, rule: str) -> str:
+    """The first printed job of ``rule`` (grouped jobs are printed indented)."""
+    match = re.search(rf"^[ \t]*rule {rule}:\n((?:[ \t]+\S.*\n)+)", output, re.M)
+    assert match, f"no {rule} job in the plan"
+    return match.group(1)
+
+
+def _resources(block: str) -> dict[str, str]:
+    line = re.search(r"^\s*resources: (.*)$", block, re.M).group(1)
+    return dict(item.split("=", 1) for item in re.split(r", (?=\w+=)", line))
+
+
+class _StubJob:
+    """What the SLURM executor reads of a job, from the dry run's printed resources."""
+
+    def __init__(self, resources: dict[str, str], threads: int) -> None:
+        values = {k: int(v) if v.isdigit() else v for k, v in resources.items()}
+        self.resources = SimpleNamespace(**values)
+        self.resources.get = values.get
+        self.threads = threads
+
+
+def test_perlmutter_profile_training_job_asks_for_gpus_and_srun_ranks(tmp_path):
+    code, output = perlmutter_dry_run(tmp_path, account="m0000")
+    assert code == 0, output[-3000:]
+    block = _job_block(output, "train_gnn")
+    resources = _resources(block)
+    assert resources["slurm_account"] == "m0000"
+    assert resources["constraint"] == "gpu"
+    assert (resources["gpu"], resources["tasks"], resources["tasks_per_gpu"]) == ("4", "4", "1")
+    # One rank per GPU, started by srun in the job step, all four on the node.
+    shell = re.search(r"^Shell command: (.*)$", output[output.index(block) :], re.M).group(1)
+    assert re.match(r"srun .*-n 4 --ntasks-per-node=4 trackgnn train gnn ", shell), shell
+
+    # What the SLURM executor plugin submits for exactly these resources.
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    job = _StubJob(resources, threads=4)
+    params = {
+        "run_uuid": "test",
+        "slurm_logfile": "logs/slurm/x.log",
+        "comment_str": "rule_train_gnn",
+        "account": " -A m0000",
+        "partition": "",
+        "workdir": str(REPO),
+    }
+    sbatch = get_submit_command(job, params) + set_gres_string(job)
+    for flag in ("-C gpu", "--gpus=4", "--ntasks-per-gpu=1", "--ntasks=4", "--cpus-per-gpu=32"):
+        assert flag in sbatch, sbatch
+
+    # Per-event stages on CPU nodes, grouped; device-using ones on GPU nodes, one GPU each.
+    assert _resources(_job_block(output, "features"))["constraint"] == "cpu"
+    graph = _resources(_job_block(output, "build_graph"))
+    assert (graph["constraint"], graph["gpu"]) == ("gpu", "1")
+    assert re.search(r"Group job events", output) and re.search(r"Group job graph", output)
+
+
+def test_perlmutter_profile_without_account_is_a_one_line_error(tmp_path):
+    code, output = perlmutter_dry_run(tmp_path, account=None)
+    assert code != 0
+    assert re.search(
+        r"^resource slurm_account: environment variable NERSC_ACCOUNT is not set \(export",
+        output,
+        re.M,
+    ), output[-2000:]
+
+
+def test_perlmutter_profile_refuses_a_single_rank_gnn(tmp_path):
+    code, output = perlmutter_dry_run(
+        tmp_path, account="m0000", overrides={"gnn": {"world_size": 1}}
+    )
+    assert code != 0
+    assert "gnn.world_size: 1, but the profile launches train_gnn as srun ranks" in output
+
+
+def test_perlmutter_profile_resolves_from_the_repository_root():
+    # `--profile perlmutter` finds ./perlmutter: a relative link to profiles/perlmutter.
+    link = REPO / "perlmutter"
+    assert link.is_symlink() and os.readlink(link) == "profiles/perlmutter"
+    assert (link / "config.yaml").read_text() == (
+        REPO / "profiles/perlmutter/config.yaml"
+    ).read_text()
+
+
+# ------------------------------------------------------------------------- conda environments
+
+
+def _fake_conda(directory: Path) -> Path:
+    """A `conda` that answers the queries of a dry run (no conda on test machines)."""
+    directory.mkdir()
+    script = directory / "conda"
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  --version) echo "conda 24.11.0";;\n'
+        '  info) echo \'{"conda_prefix": "/opt/conda", "root_prefix": "/opt/conda", '
+        '"platform": "linux-64", "conda_version": "24.11.0", "envs_dirs": [], '
+        '"pkgs_dirs": []}\';;\n'
+        '  config) echo \'{"get": {"channel_priority": "strict"}, "success": true}\';;\n'
+        "  *) echo '{}';;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return directory
+
+
+@pytest.mark.parametrize(("device", "env_file"), [("cpu", "cpu.yaml"), ("cuda", "cuda.yaml")])
+def test_rules_run_in_the_conda_environment_of_the_configured_device(tmp_path, device, env_file):
+    conda_dir = _fake_conda(tmp_path / "bin")
+    config = write_config(tmp_path / "device.yaml", {"device": device, "run": "conda"})
+    result = snakemake(
+        tmp_path,
+        "--dry-run",
+        "--software-deployment-method",
+        "conda",
+        configs=[SMOKE, config],
+        env=tool_env([conda_dir]),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    created = {Path(p).name for p in re.findall(r"Conda environment (\S+) will be created", output)}
+    assert created == {env_file}
+
+
+def _pyproject_requirements() -> dict[str, Requirement]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(r) for r in project["dependencies"]]
+    return {r.name.lower().replace("_", "-"): r for r in requirements}
+
+
+@pytest.mark.parametrize("env_file", ["cpu.yaml", "cuda.yaml"])
+def test_conda_environments_are_pinned_and_consistent_with_pyproject(env_file):
+    env = yaml.safe_load((REPO / "envs" / env_file).read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    pins = {}
+    for line in pip:
+        if line.startswith("-"):
+            continue
+        requirement = Requirement(line)
+        [spec] = list(requirement.specifier)  # exactly one pin
+        assert spec.operator == "==", line
+        pins[requirement.name.lower().replace("_", "-")] = spec.version
+    required = _pyproject_requirements()
+    gpu_variants = {"faiss-cpu"}  # faiss comes from conda (GPU build) in the CUDA stack
+    for name, requirement in required.items():
+        if name.startswith("snakemake"):
+            continue  # the workflow engine runs outside the job environments
+        if env_file == "cuda.yaml" and name in gpu_variants:
+            continue
+        assert name in pins, f"{env_file} lacks {name}"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+    # trackgnn itself: installed from the source tree after the environment is built
+    deploy = (REPO / "envs" / env_file.replace(".yaml", ".post-deploy.sh")).read_text()
+    assert "--editable" in deploy and "TRACKGNN_SOURCE" in deploy
+    assert os.access(REPO / "envs" / env_file.replace(".yaml", ".post-deploy.sh"), os.X_OK)
+
+
+# ------------------------------------------------------------------------------ scaling study
+
+
+def _measurement(sampler: str, scaling: str, world: int, seconds: float) -> dict:
+    return {
+        "sampler": sampler,
+        "scaling": scaling,
+        "world_size": world,
+        "epoch_time_s": seconds,
+        "sampling_time_s": 0.1 * seconds,
+        "sampling_share": 0.1,
+        "steps": 32,
+        "global_batch": 64 if scaling == "strong" else 64 * world,
+        "peak_rss_mb": 100.0,
+    }
+
+
+def test_scaling_rows_compute_speedup_and_efficiency_against_one_process():
+    rows = scaling_rows(
+        [
+            _measurement("bulk-k4", "strong", 1, 8.0),
+            _measurement("bulk-k4", "strong", 2, 5.0),
+            _measurement("bulk-k4", "strong", 4, 4.0),
+            _measurement("bulk-k4", "weak", 2, 10.0),
+            _measurement("bulk-k4", "weak", 4, 16.0),
+        ]
+    )
+    table = {(r["scaling"], r["world_size"]): r for r in rows}
+    # strong: speedup T1/TP, efficiency speedup/P
+    assert table["strong", 2]["speedup"] == pytest.approx(1.6)
+    assert table["strong", 4]["parallel_efficiency"] == pytest.approx(0.5)
+    # weak: efficiency T1/TP, scaled speedup P*T1/TP; the P=1 run is both studies' baseline
+    assert table["weak", 1]["parallel_efficiency"] == 1.0
+    assert table["weak", 2]["parallel_efficiency"] == pytest.approx(0.8)
+    assert table["weak", 4]["speedup"] == pytest.approx(2.0)
+    with pytest.raises(TrackGNNError, match="no P=1 measurement for sampler full"):
+        scaling_rows([_measurement("full", "strong", 2, 1.0)])
+
+
+def test_sampler_labels_and_world_sizes():
+    assert parse_sampler("bulk-k16") == SamplerChoice("bulk-k16", "shadow", "bulk", 16)
+    assert parse_sampler("full").mode == "full"
+    with pytest.raises(TrackGNNError, match="unknown sampler 'bulk'"):
+        parse_sampler("bulk")
+    assert world_sizes(1) == [1] and world_sizes(6) == [1, 2, 4] and world_sizes(8)[-1] == 8
+
+
+def test_scaling_study_measures_ranks_for_real_and_reports_to_files_and_mlflow(tmp_path):
+    graphs = tmp_path / "graphs"
+    graphs.mkdir()
+    train = []
+    for i in range(3):
+        train.append(str(graphs / f"event{i:09d}.pt"))
+        save_tensors(toy_graph(i), train[-1])
+    config = write_config(
+        tmp_path / "study.yaml",
+        {"run": "study", "results_dir": str(tmp_path / "results"), "seed": 1, "threads": 1,
+         "gnn": {"hidden": 8, "n_iterations": 1}},
+    )  # fmt: skip
+    measure = ["study", "scaling", "measure", "--config", str(config), "--train", *train]
+    measure += ["--sampler", "bulk-k4", "--scaling", "strong", "--steps", "8", "--batch-size", "32"]
+    files = [tmp_path / "p1.json", tmp_path / "p2.json"]
+    launches = [
+        [sys.executable, "-m", "trackgnn.cli", *measure, "--world-size", "1"],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "trackgnn.cli", *measure, "--world-size", "2"],
+    ]  # fmt: skip
+    for command, output in zip(launches, files, strict=True):
+        result = subprocess.run(
+            [*command, "--output", str(output)],
+            env=tool_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    one, two = (json.loads(f.read_text()) for f in files)
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert (one["steps"], two["steps"], one["global_batch"], two["global_batch"]) == (8, 8, 32, 32)
+    # Two ranks average their gradients in one all-reduce per step; one process has none.
+    assert (one["allreduce_calls_per_step"], two["allreduce_calls_per_step"]) == (0.0, 1.0)
+    for figures in (one, two):
+        assert figures["epoch_time_s"] > 0 and 0 < figures["sampling_share"] < 1
+        assert figures["peak_rss_mb"] > 50
+
+    report = subprocess.run(
+        [sys.executable, "-m", "trackgnn.cli", "study", "scaling", "report", "--config",
+         str(config), "--inputs", *map(str, files), "--output-dir", str(tmp_path / "report")],
+        env=tool_env(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = json.loads((tmp_path / "report" / "scaling.json").read_text())
+    strong = [r for r in rows if r["scaling"] == "strong" and r["world_size"] == 2]
+    assert strong[0]["speedup"] == pytest.approx(one["epoch_time_s"] / two["epoch_time_s"])
+    for study in ("strong", "weak"):
+        assert (tmp_path / "report" / f"scaling_{study}.png").read_bytes()[
+            :8
+        ] == b"\x89PNG\r\n\x1a\n"
+    with sqlite3.connect(tmp_path / "results" / "mlflow.db") as db:
+        study_runs = db.execute(
+            "SELECT r.name FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+            "WHERE t.key = 'trackgnn.kind' AND t.value = 'study'"
+        ).fetchall()
+        speedups = db.execute(
+            "SELECT m.value FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+            "WHERE r.name = 'strong-bulk-k4-P2' AND m.key = 'speedup'"
+        ).fetchall()
+    # one run per configuration (P=1 counts in both studies) under one study run
+    assert len(study_runs) == 1 + len(rows) == 4
+    assert speedups == [(pytest.approx(strong[0]["speedup"]),)]
