@@ -127,28 +127,36 @@ class ResumableModule(pl.LightningModule):
 
 
 def make_trainer(
-    device: str, max_epochs: int, callbacks: list[pl.Callback], root_dir: str | os.PathLike[str]
+    device: str,
+    max_epochs: int,
+    callbacks: list[pl.Callback],
+    root_dir: str | os.PathLike[str],
+    **overrides: Any,
 ) -> pl.Trainer:
-    """A deterministic single-device Trainer: no default logger, no summary, one line per epoch."""
+    """A deterministic single-device Trainer: no default logger, no summary, one line per epoch.
+
+    ``overrides`` replace or add Trainer arguments (a distributed strategy, precision, ...).
+    """
     accelerator = resolve_device(device)
     if accelerator == "cuda":
         # cuBLAS needs this for deterministic results under torch.use_deterministic_algorithms.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Lightning's info lines (GPU available, tips) drown the per-epoch lines in job logs.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-    return pl.Trainer(
-        accelerator="gpu" if accelerator == "cuda" else "cpu",
-        devices=1,
-        max_epochs=max_epochs,
-        deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        default_root_dir=str(root_dir),
-    )
+    kwargs: dict[str, Any] = {
+        "accelerator": "gpu" if accelerator == "cuda" else "cpu",
+        "devices": 1,
+        "max_epochs": max_epochs,
+        "deterministic": True,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "num_sanity_val_steps": 0,
+        "callbacks": callbacks,
+        "default_root_dir": str(root_dir),
+    }
+    return pl.Trainer(**{**kwargs, **overrides})
 
 
 def fit_resumable(

@@ -47,6 +47,7 @@ from trackgnn.training.checkpoint import (
     ResumableModule,
     find_resume_checkpoint,
     last_checkpoint_path,
+    make_trainer,
     read_checkpoint,
     resolve_device,
     resume_key,
@@ -363,24 +364,20 @@ def train_gnn(
         experiment=cfg.mlflow.experiment,
         system_metrics=True,
     ) as run:
-        trainer = pl.Trainer(
-            **trainer_kwargs(g.world_size, device.type, timeout_s=g.dist_timeout_s),
-            max_epochs=g.epochs,
-            max_steps=max_steps if max_steps is not None else -1,
-            precision=precision,
-            deterministic=not g.compile,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=False,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
+        trainer = make_trainer(
+            device.type,
+            g.epochs,
             callbacks=[
                 EpochStats(),
                 EpochReport(KIND, run.log_metrics),
                 LastCheckpoint(last_checkpoint_path(final)),
             ],
-            default_root_dir=str(final.parent),
+            root_dir=final.parent,
+            **trainer_kwargs(g.world_size, device.type, timeout_s=g.dist_timeout_s),
+            max_steps=max_steps if max_steps is not None else -1,
+            precision=precision,
+            deterministic=not g.compile,
+            use_distributed_sampler=False,
         )
         trainer.fit(
             module,
