@@ -1,30 +1,34 @@
 """Benchmark: graph building and edge filtering per event at increasing pile-up.
 
-For each mu, simulates events (not timed), builds their features, and measures, each in a fresh
-process so that the peak resident memory is the stage's own:
+For each mu, simulates an event (not timed), builds its features, and measures, each stage in a
+fresh process (as the pipeline runs them: two rules) so that the peak resident memory is the
+stage's own:
 
-* ``build_graph``: the stage function (embedding, FAISS radius graph, labels, file write);
+* ``build_graph``: the stage function (embedding, radius graph, labels, file write);
 * ``filter_graph``: the stage function on that graph (chunked filter inference, cut, write);
-* ``build_and_filter``: both in one process, the figure for "one event within 8 GB";
 * ``radius_search``: FAISS against the brute-force torch search on the same embedding, side by
   side in one process, with the ratio of median times and whether the edge sets are equal.
 
 Models: trained checkpoints when ``--embedding-ckpt`` and ``--filter-ckpt`` are given, otherwise
-freshly initialised networks of the config's size (``"models": "fresh"`` in the output). An
-untrained embedding puts most hits within the radius of each other, so every hit reaches the
-``k_max`` cap: the densest graph the config allows, i.e. an upper bound for time and memory.
+freshly initialised networks of the config's size (``"models": "fresh"`` in the output). A fresh
+embedding is not a trained one's geometry, so with fresh models the radius defaults to
+``inf``: every hit gets its ``k_max`` nearest neighbours, the densest graph the config allows
+(an upper bound on time and memory for any trained model). ``--radius`` overrides.
 
-Prints one JSON line per measurement (medians over ``--repeats``). ``--quick`` (mu = 20, one
-repeat) finishes in well under a minute.
+Prints one JSON line per measurement (medians over ``--repeats``); ``peak_rss_mb`` is the whole
+process (Python, torch, the model and the event), ``baseline_rss_mb`` the same before the stage.
 
     python bench/graph_construction.py --quick
     python bench/graph_construction.py --mu 20 50 100 200 --repeats 3
+    python bench/graph_construction.py --embedding-ckpt results/default/models/embedding.ckpt \
+        --filter-ckpt results/default/models/filter.ckpt
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import resource
 import statistics
@@ -62,22 +66,23 @@ def fresh_checkpoint(kind: str, model: torch.nn.Module, path: Path) -> None:
 
 
 def run_stage(task: dict[str, Any]) -> dict[str, Any]:
-    """Child process: run one stage (or both) on one event; time it and report peak RSS."""
+    """Child process: run one stage on one event; time it and report peak RSS."""
     from trackgnn.graph.construction import build_graph, filter_graph
 
     torch.set_num_threads(task["threads"])
     cfg = config_from_dict(task["config"])
     baseline = peak_rss_mb()
-    out: dict[str, Any] = {}
     start = time.perf_counter()
-    if task["stage"] in ("build_graph", "build_and_filter"):
-        out["graph"] = build_graph(cfg, task["embedding"], task["features"], task["graph"])
-    if task["stage"] in ("filter_graph", "build_and_filter"):
-        out["filter"] = filter_graph(cfg, task["filter"], task["graph"], task["filtered"])
-    out["time_s"] = time.perf_counter() - start
-    out["baseline_rss_mb"] = baseline
-    out["peak_rss_mb"] = peak_rss_mb()
-    return out
+    if task["stage"] == "build_graph":
+        metrics = build_graph(cfg, task["embedding"], task["features"], task["graph"])
+    else:
+        metrics = filter_graph(cfg, task["filter"], task["graph"], task["filtered"])
+    return {
+        "time_s": time.perf_counter() - start,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak_rss_mb(),
+        "metrics": metrics,
+    }
 
 
 def in_fresh_process(task: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="config YAML (default: embedded default)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--radius", type=float, help="graph radius (default: config; inf if fresh)")
     parser.add_argument("--quick", action="store_true", help="mu = 20, one repeat")
     args = parser.parse_args(argv)
     if args.quick:
@@ -136,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = yaml.safe_load(args.config.read_text()) if args.config else {}
     raw = {**(raw or {}), "device": "cpu"}
-    cfg = config_from_dict(raw)
     models = "trained" if args.embedding_ckpt else "fresh"
+    radius = args.radius if args.radius is not None else (math.inf if models == "fresh" else None)
+    if radius is not None:
+        # JSON has no inf: a radius beyond any embedding distance makes k_max decide alone.
+        raw["graph"] = {**raw.get("graph", {}), "radius": min(radius, 1e30)}
+    cfg = config_from_dict(raw)
     detector = Detector.load()
     with tempfile.TemporaryDirectory(prefix="bench-graph-") as tmp_name:
         tmp = Path(tmp_name)
@@ -145,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(args.seed)
             emb_cfg, flt_cfg = cfg.embedding, cfg.filter
             embedding = EmbeddingNet(
-                8, emb_cfg.emb_dim, emb_cfg.hidden, emb_cfg.n_layers, emb_cfg.activation,
+                8,
+                emb_cfg.emb_dim,
+                emb_cfg.hidden,
+                emb_cfg.n_layers,
+                emb_cfg.activation,
                 emb_cfg.layer_norm,
             )
             filter_net = FilterNet(
@@ -154,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             args.embedding_ckpt, args.filter_ckpt = tmp / "embedding.ckpt", tmp / "filter.ckpt"
             fresh_checkpoint("embedding", embedding, args.embedding_ckpt)
             fresh_checkpoint("filter", filter_net, args.filter_ckpt)
-        from trackgnn.training.checkpoint import load_model
+        from trackgnn.models.checkpoint import load_model
 
         embedding, _ = load_model(args.embedding_ckpt, "embedding", EmbeddingNet)
         for mu in args.mu:
@@ -168,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 "mu": mu,
                 "n_hits": n_hits,
                 "models": models,
+                "radius": cfg.graph.radius,
+                "k_max": cfg.graph.k_max,
                 "threads": args.threads,
             }
             task = {
@@ -179,25 +195,22 @@ def main(argv: list[str] | None = None) -> int:
                 "graph": str(tmp / f"graph-mu{mu:g}.pt"),
                 "filtered": str(tmp / f"filtered-mu{mu:g}.pt"),
             }
-            for stage in ("build_graph", "filter_graph", "build_and_filter"):
+            for stage in ("build_graph", "filter_graph"):
                 runs = [in_fresh_process({**task, "stage": stage}) for _ in range(args.repeats)]
-                last = runs[-1]
+                metrics = runs[-1]["metrics"]
                 record = {
                     **common,
                     "stage": stage,
                     "time_s": statistics.median(run["time_s"] for run in runs),
                     "peak_rss_mb": statistics.median(run["peak_rss_mb"] for run in runs),
                     "baseline_rss_mb": statistics.median(run["baseline_rss_mb"] for run in runs),
+                    "edges_per_hit": metrics["edges_per_hit"],
+                    "n_edges": metrics["n_edges"],
+                    "signal_efficiency": metrics["efficiency"],
+                    "purity": metrics["purity"],
                 }
-                graph_metrics = last.get("graph")
-                filter_metrics = last.get("filter")
-                if graph_metrics:
-                    record["graph_edges_per_hit"] = graph_metrics["edges_per_hit"]
-                    record["graph_efficiency"] = graph_metrics["efficiency"]
-                if filter_metrics:
-                    record["filter_edges_in"] = filter_metrics["n_edges_in"]
-                    record["filter_edges_per_hit"] = filter_metrics["edges_per_hit"]
-                    record["filter_efficiency"] = filter_metrics["efficiency"]
+                if stage == "filter_graph":
+                    record["n_edges_in"] = metrics["n_edges_in"]
                 emit(record)
             torch.set_num_threads(args.threads)
             with torch.no_grad():

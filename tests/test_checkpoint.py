@@ -11,8 +11,8 @@ from tests.test_embedding import synthetic_features, tiny_config, write_syntheti
 from trackgnn.errors import CheckpointError, TrackGNNError
 from trackgnn.graph.construction import build_graph, filter_graph
 from trackgnn.io import save_tensors
-from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.checkpoint import load_model, read_checkpoint
+from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.training.checkpoint import last_checkpoint_path
 from trackgnn.training.embedding import train_embedding
 
@@ -138,7 +138,7 @@ def test_corrupt_last_checkpoint_stops_the_rerun_with_a_clear_error(trained, tmp
     last.parent.mkdir(parents=True)
     shutil.copy(ckpt, last)
     last.write_bytes(last.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="embedding-last.ckpt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"embedding-last\.ckpt: not a readable checkpoint"):
         train_embedding(cfg, files[:2], files[2:], target)
     assert not target.exists()
 

@@ -14,7 +14,14 @@ from trackgnn.graph.construction import filter_graph, load_event
 from trackgnn.graph.radius import radius_graph
 from trackgnn.graph.truth import edge_labels
 from trackgnn.io import save_tensors
-from trackgnn.models.filter import FilterNet, edge_inputs, geometry_tensor
+from trackgnn.models.filter import (
+    EDGE_FEATURE_SCALES,
+    EDGE_FEATURES,
+    FilterNet,
+    edge_features,
+    edge_inputs,
+    geometry_tensor,
+)
 from trackgnn.models.mlp import ROW_TILE
 from trackgnn.training.filter import select_training_edges, train_filter
 
@@ -39,18 +46,47 @@ def write_graphs(directory: Path, ids: list[int]) -> list[Path]:
     return paths
 
 
-def test_edge_inputs_concatenate_hit_features_and_wrapped_deltas():
+def test_edge_inputs_concatenate_hit_features_and_scaled_edge_features():
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     geometry = torch.tensor([[100.0, 3.1, 10.0, 0.5], [300.0, -3.1, -40.0, 0.2]])
     inputs = edge_inputs(x, geometry, torch.tensor([[0], [1]]))
-    assert inputs.shape == (1, 2 * 2 + 4)
+    assert inputs.shape == (1, 2 * 2 + len(EDGE_FEATURES))
     assert inputs[0, :4].tolist() == [1.0, 2.0, 3.0, 4.0]
-    dr, dphi, dz, deta = inputs[0, 4:].tolist()
-    assert dr == pytest.approx(200.0 / 100.0)
-    # -3.1 - 3.1 = -6.2 wraps to 2 pi - 6.2 = +0.083 rad, not -6.2.
-    assert dphi == pytest.approx((2 * math.pi - 6.2) / 0.1, rel=1e-5)
-    assert dz == pytest.approx(-50.0 / 100.0)
-    assert deta == pytest.approx(-0.3 / 0.1, rel=1e-5)
+    unscaled = dict(zip(EDGE_FEATURES, unscale(inputs[0, 4:]).tolist(), strict=True))
+    assert unscaled["dr"] == pytest.approx(200.0, rel=1e-5)
+    # -3.1 - 3.1 = -6.2 rad wraps to 2 pi - 6.2 = +0.083 rad, not -6.2.
+    assert unscaled["dphi"] == pytest.approx(2 * math.pi - 6.2, rel=1e-4)
+    assert unscaled["dz"] == pytest.approx(-50.0, rel=1e-5)
+    assert unscaled["deta"] == pytest.approx(-0.3, rel=1e-5)
+
+
+def unscale(features: torch.Tensor) -> torch.Tensor:
+    """Edge features back in mm and rad."""
+    return features * torch.tensor(EDGE_FEATURE_SCALES)
+
+
+def test_segment_direction_features_vanish_for_a_straight_track_from_the_origin():
+    # Two hits on a straight line from the origin (any phi, across phi = pi too).
+    edge = torch.tensor([[0], [1]])
+    for phi in (0.3, 3.14159):
+        inner = [100.0, phi, 50.0, 0.0]
+        outer = [300.0, phi, 150.0, 0.0]
+        features = edge_features(torch.tensor([inner, outer]), edge)[0]
+        named = dict(zip(EDGE_FEATURES, unscale(features).tolist(), strict=True))
+        assert named["dtheta"] == pytest.approx(0.0, abs=1e-5)
+        assert named["dalpha"] == pytest.approx(0.0, abs=1e-5)
+    # The outer hit 10 mm sideways (phi up) and 20 mm higher in z than on that line.
+    outer_phi = 0.3 + math.atan2(10.0, 300.0)
+    geometry = torch.tensor([[100.0, 0.3, 50.0, 0.0], [math.hypot(300, 10), outer_phi, 170.0, 0.0]])
+    features = unscale(edge_features(geometry, torch.tensor([[0], [1]]))[0])
+    named = dict(zip(EDGE_FEATURES, features.tolist(), strict=True))
+    assert named["dalpha"] == pytest.approx(math.atan2(10.0, 200.0), rel=1e-4)
+    expected_dtheta = math.atan2(math.hypot(200.0, 10.0), 120.0) - math.atan2(100.0, 50.0)
+    assert named["dtheta"] == pytest.approx(expected_dtheta, rel=1e-4)
+    # Same-layer pairs (dr of a few mm) and adjacent-layer pairs are far apart in the inputs.
+    same_layer = edge_features(torch.tensor([[100.0, 0, 0, 0], [102.0, 0, 0, 0]]), edge)
+    next_layer = edge_features(torch.tensor([[100.0, 0, 0, 0], [130.0, 0, 0, 0]]), edge)
+    assert next_layer[0, 0] - same_layer[0, 0] == pytest.approx(28.0 / EDGE_FEATURE_SCALES[0])
 
 
 def test_chunked_and_unchunked_inference_are_identical():

@@ -30,9 +30,9 @@ from trackgnn.evaluation.metrics import aggregate_edge_metrics, edge_metrics, ro
 from trackgnn.graph.radius import radius_graph
 from trackgnn.graph.truth import edge_labels, unique_truth_edges
 from trackgnn.io import load_tensors, save_tensors
+from trackgnn.models.checkpoint import load_model, resolve_device
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.filter import FilterNet, geometry_tensor
-from trackgnn.models.checkpoint import load_model, resolve_device
 
 #: Keys every features file holds (see trackgnn.features); graph files add GRAPH_KEYS.
 FEATURE_KEYS = (
