@@ -163,6 +163,25 @@ def test_resume_continues_from_last_epoch(graph_files: list[str], tmp_path: Path
     assert trainer.global_step == 4
 
 
+def test_changed_inputs_train_afresh(graph_files: list[str], tmp_path: Path) -> None:
+    """A rerun because the training graphs changed must not continue the old model."""
+    import shutil
+
+    inputs = [tmp_path / Path(f).name for f in graph_files[:2]]
+    for src, dst in zip(graph_files[:2], inputs, strict=True):
+        shutil.copy(src, dst)
+    ckpt = tmp_path / "gnn.ckpt"
+    cfg = small_cfg(tmp_path, mode="full", epochs=1)
+    train_gnn(cfg, [str(p) for p in inputs], graph_files[3:], ckpt)
+    first = torch.load(ckpt, weights_only=False)["state_dict"]
+    ckpt.unlink()
+    save_tensors(toy_event(11), inputs[0])  # new graphs for the same event
+    train_gnn(cfg, [str(p) for p in inputs], graph_files[3:], ckpt)
+    second = torch.load(ckpt, weights_only=False)["state_dict"]
+    # resuming the finished run would return the first model unchanged
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
 def test_score_edges_rejects_corrupted_checkpoint(graph_files: list[str], tmp_path: Path) -> None:
     bad = tmp_path / "gnn.ckpt"
     bad.write_bytes(b"PK\x03\x04 truncated")

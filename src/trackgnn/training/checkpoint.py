@@ -40,6 +40,19 @@ def last_checkpoint_path(ckpt_path: str | os.PathLike[str]) -> Path:
     return final.with_name(f"{final.stem}-last{final.suffix or '.ckpt'}")
 
 
+def input_fingerprint(paths: Any) -> list[list[Any]]:
+    """Name, size and modification time of each training input, for :func:`resume_key`.
+
+    A killed job rerun on the same inputs resumes; one rerun because its inputs changed (new
+    graphs after a filter change, say) must train afresh, not continue the old model.
+    """
+    prints = []
+    for path in paths:
+        stat = os.stat(path)
+        prints.append([os.path.basename(path), stat.st_size, stat.st_mtime_ns])
+    return prints
+
+
 def resume_key(*parts: Any) -> str:
     """Stable hash of the settings a resumed training must share with the interrupted one."""
     return section_hash({"parts": list(parts)})

@@ -39,7 +39,12 @@ from trackgnn.graph.truth import edge_labels, truth_edge_mask, undirected_keys
 from trackgnn.io import load_tensors
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.mlp import angle_columns
-from trackgnn.training.checkpoint import ResumableModule, fit_resumable, resume_key
+from trackgnn.training.checkpoint import (
+    ResumableModule,
+    fit_resumable,
+    input_fingerprint,
+    resume_key,
+)
 
 SameParticle = Literal["negative", "ignore"]
 
@@ -254,7 +259,7 @@ def train_embedding(
     # graph settings excluded): a rerun with the same key continues the interrupted training.
     validation_only = ("radius", "k_max", "chunk_size", "eval_signal_pt")
     shaping = {k: v for k, v in train.items() if k not in validation_only}
-    files = [os.path.basename(f) for f in train_set.files]
+    files = input_fingerprint(train_set.files)
     key = resume_key("embedding", model, shaping, cfg.seed, files)
     module = EmbeddingModule(model, train, key)
     trainer = fit_resumable(

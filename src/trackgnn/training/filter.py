@@ -23,7 +23,12 @@ from trackgnn.evaluation.metrics import roc_auc
 from trackgnn.graph.construction import pooled_edge_metrics, stage_edge_metrics
 from trackgnn.models.filter import FilterNet, geometry_tensor
 from trackgnn.models.mlp import angle_columns
-from trackgnn.training.checkpoint import ResumableModule, fit_resumable, resume_key
+from trackgnn.training.checkpoint import (
+    ResumableModule,
+    fit_resumable,
+    input_fingerprint,
+    resume_key,
+)
 from trackgnn.training.embedding import EventDataset, event_loader
 
 FILTER_BATCH_KEYS = (
@@ -151,7 +156,7 @@ def train_filter(
         "min_hits": cfg.evaluation.min_hits,
     }
     shaping = {"lr": flt.lr, "negative_ratio": flt.negative_ratio}
-    files = [os.path.basename(f) for f in train_set.files]
+    files = input_fingerprint(train_set.files)
     module = FilterModule(model, train, resume_key("filter", model, shaping, cfg.seed, files))
     trainer = fit_resumable(
         module,

@@ -46,6 +46,7 @@ from trackgnn.training.checkpoint import (
     LastCheckpoint,
     ResumableModule,
     find_resume_checkpoint,
+    input_fingerprint,
     last_checkpoint_path,
     make_trainer,
     read_checkpoint,
@@ -336,7 +337,7 @@ def train_gnn(
     key = resume_key(
         {k: v for k, v in cfg.section("gnn").items() if k not in ("epochs", "dist_timeout_s")},
         cfg.seed,
-        [os.path.basename(f) for f in train_files],
+        input_fingerprint(train_files),
     )
     module = GNNModule(
         model=model_args,
