@@ -82,6 +82,11 @@ def test_more_epochs_continue_a_finished_training_and_other_settings_restart(tmp
     train_embedding(cfg, files[:1], files[1:], ckpt, log=record)
     assert epochs_run == [0, 1]
     assert "training from scratch" in capsys.readouterr().err
+    # Rewritten training inputs (a rerun after the features changed) also start afresh.
+    save_tensors(synthetic_features(1, n_particles=20, n_noise=11), files[0])
+    epochs_run.clear()
+    train_embedding(cfg, files[:1], files[1:], ckpt, log=record)
+    assert epochs_run == [0, 1]
 
 
 def test_truncated_or_garbage_checkpoint_gives_one_line_error(trained, tmp_path):
