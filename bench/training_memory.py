@@ -27,7 +27,8 @@ def _child(mode: str, mu: float, edges_per_hit: float, seed: int, device: str) -
     from trackgnn.config import config_from_dict
     from trackgnn.features import build_features
     from trackgnn.geometry import Detector
-    from trackgnn.models.interaction_gnn import InteractionGNN, edge_features
+    from trackgnn.models.edges import hit_edge_features
+    from trackgnn.models.interaction_gnn import InteractionGNN
     from trackgnn.simulation import simulate_event
 
     torch.manual_seed(seed)
@@ -40,7 +41,7 @@ def _child(mode: str, mu: float, edges_per_hit: float, seed: int, device: str) -
     fake = torch.randint(0, n, (2, n_fake))
     edge_index = torch.cat([true_edges, fake], 1)
     y = torch.cat([torch.ones(true_edges.shape[1]), torch.zeros(n_fake)])
-    edge_attr = edge_features(feats["r"], feats["phi"], feats["z"], feats["eta"], edge_index)
+    edge_attr = hit_edge_features(feats["r"], feats["phi"], feats["z"], feats["eta"], edge_index)
     g = cfg.gnn
     model = InteractionGNN(
         feats["x"].shape[1], hidden=g.hidden, n_iterations=g.n_iterations, mlp_layers=g.mlp_layers

@@ -185,7 +185,7 @@ def test_phi_enters_periodically_so_both_sides_of_pi_embed_alike():
 
 def test_train_embedding_learns_and_build_graph_writes_labelled_graph(tmp_path):
     files = write_synthetic_events(tmp_path / "features", [1, 2, 3, 4])
-    cfg = tiny_config(tmp_path, embedding={"epochs": 12})
+    cfg = tiny_config(tmp_path, embedding={"epochs": 12, "lr": 0.01})
     ckpt = tmp_path / "models" / "embedding.ckpt"
     metrics = train_embedding(cfg, files[:3], files[3:], ckpt)
     assert ckpt.exists() and (tmp_path / "models" / "embedding-last.ckpt").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -14,14 +15,13 @@ from trackgnn.graph.construction import filter_graph, load_event
 from trackgnn.graph.radius import radius_graph
 from trackgnn.graph.truth import edge_labels
 from trackgnn.io import save_tensors
-from trackgnn.models.filter import (
+from trackgnn.models.edges import (
     EDGE_FEATURE_SCALES,
     EDGE_FEATURES,
-    FilterNet,
     edge_features,
-    edge_inputs,
     geometry_tensor,
 )
+from trackgnn.models.filter import FilterNet, edge_inputs
 from trackgnn.models.mlp import ROW_TILE
 from trackgnn.training.filter import select_training_edges, train_filter
 
@@ -168,3 +168,37 @@ def test_filter_stage_rejects_an_embedding_checkpoint(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"filter\.ckpt: is a filter checkpoint, expected"):
         build_graph(cfg, ckpt, files[0], tmp_path / "out.pt")
+
+
+def test_each_event_gives_steps_of_batch_edges_and_the_schedule_spans_them(tmp_path):
+    files = write_graphs(tmp_path / "graph", [31, 32, 33])
+    batch_edges, epochs = 64, 2
+    cfg = tiny_config(tmp_path, filter={"epochs": epochs, "batch_edges": batch_edges})
+    ckpt = tmp_path / "models" / "filter.ckpt"
+    train_filter(cfg, files[:2], files[2:], ckpt)
+    expected = 0
+    for path in files[:2]:
+        y = load_event(path, graph=True)["y"].bool()
+        n_true = int(y.sum())
+        n_negative = min(math.ceil(max(n_true, 1)), len(y) - n_true)
+        expected += math.ceil((n_true + 2 * n_negative) / batch_edges)
+    assert expected > 4  # several optimizer steps per event, not one
+    checkpoint = torch.load(ckpt, weights_only=False)
+    assert checkpoint["global_step"] == epochs * expected
+    scheduler = checkpoint["lr_schedulers"][0]
+    assert scheduler["last_epoch"] == epochs * expected
+    # The one-cycle schedule ends at its floor: the last step's rate is 1 % of the peak.
+    assert scheduler["_last_lr"][0] == pytest.approx(0.01 * cfg.filter.lr, rel=1e-6)
+
+
+def test_one_cycle_factor_warms_up_peaks_and_decays_to_the_floor():
+    from trackgnn.training.schedule import one_cycle_factor
+
+    assert one_cycle_factor(0, 100) == pytest.approx(0.01)
+    assert one_cycle_factor(5, 100) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert one_cycle_factor(10, 100) == pytest.approx(1.0)
+    assert one_cycle_factor(55, 100) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert one_cycle_factor(100, 100) == pytest.approx(0.01)
+    assert one_cycle_factor(250, 100) == pytest.approx(0.01)  # past the end: stays at the floor
+    factors = [one_cycle_factor(s, 100) for s in range(10, 101)]
+    assert all(a >= b for a, b in itertools.pairwise(factors))

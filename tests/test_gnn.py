@@ -103,9 +103,9 @@ def test_disjoint_components_are_scored_independently(skip: str) -> None:
 
 
 def load_event_graph_from_dict(ev: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from trackgnn.models.interaction_gnn import edge_features
+    from trackgnn.models.edges import hit_edge_features
 
-    ea = edge_features(ev["r"], ev["phi"], ev["z"], ev["eta"], ev["edge_index"])
+    ea = hit_edge_features(ev["r"], ev["phi"], ev["z"], ev["eta"], ev["edge_index"])
     return ev["x"], ea, ev["edge_index"]
 
 

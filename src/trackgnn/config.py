@@ -76,6 +76,7 @@ class FilterConfig:
     cut: float
     chunk_edges: int
     negative_ratio: float
+    batch_edges: int
 
 
 @dataclass(frozen=True)

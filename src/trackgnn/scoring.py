@@ -19,7 +19,8 @@ from trackgnn.errors import InputError
 from trackgnn.evaluation.metrics import roc_auc
 from trackgnn.io import load_tensors, save_tensors
 from trackgnn.models.checkpoint import load_model, resolve_device
-from trackgnn.models.interaction_gnn import InteractionGNN, edge_features
+from trackgnn.models.edges import hit_edge_features
+from trackgnn.models.interaction_gnn import InteractionGNN
 
 KIND = "gnn"
 GRAPH_KEYS = ("x", "edge_index", "r", "phi", "z", "eta")
@@ -59,7 +60,7 @@ def load_event_graph(path: str | Path) -> GraphBatch:
     y = data.get("y_pid", torch.zeros(ei.shape[1], dtype=torch.bool))
     return GraphBatch(
         x=data["x"].float(),
-        edge_attr=edge_features(data["r"], data["phi"], data["z"], data["eta"], ei).float(),
+        edge_attr=hit_edge_features(data["r"], data["phi"], data["z"], data["eta"], ei).float(),
         edge_index=ei.long(),
         y=y.float(),
         weight=torch.ones(ei.shape[1]),

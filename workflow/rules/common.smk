@@ -34,6 +34,18 @@ def gpus(count=1):
     return count if CFG.device == "cuda" else 0
 
 
+def local_cores(minimum=1):
+    """Every core Snakemake may use here (at least ``minimum``), for the training jobs.
+
+    A training job is alone at its point of the DAG (it waits for all events' inputs), so it gets
+    the whole machine instead of one core; Snakemake exports a job's threads as
+    OMP_NUM_THREADS, which torch follows. With cluster executors ``--cores`` is not an integer
+    and the profile sets the training jobs' CPUs (set-threads).
+    """
+    cores = workflow.cores if isinstance(workflow.cores, int) else 1
+    return max(minimum, cores)
+
+
 def rank_launcher(resources):
     """The command that starts the data-parallel ranks of a training job.
 

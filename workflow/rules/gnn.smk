@@ -15,8 +15,8 @@ rule train_gnn:
         launcher=lambda wildcards, resources: rank_launcher(resources),
     log:
         f"{RUN}/logs/train_gnn.log",
-    # Locally each of the P ranks is a process of its own.
-    threads: CFG.gnn.world_size
+    # Locally each of the P ranks is a process of its own; together they use every core.
+    threads: local_cores(CFG.gnn.world_size)
     resources:
         tasks=CFG.gnn.world_size,
         gpu=gpus(CFG.gnn.world_size),

@@ -17,6 +17,7 @@ rule train_embedding:
         device=CFG.device,
     log:
         f"{RUN}/logs/train_embedding.log",
+    threads: local_cores()
     resources:
         gpu=gpus(),
     conda:
@@ -57,6 +58,7 @@ rule train_filter:
         device=CFG.device,
     log:
         f"{RUN}/logs/train_filter.log",
+    threads: local_cores()
     resources:
         gpu=gpus(),
     conda:

@@ -44,7 +44,7 @@ rule study_scaling_measure:
     log:
         f"{RUN}/logs/study_scaling/{{scaling}}-{{sampler}}-P{{world}}.log",
     # Timings need the machine to themselves: locally one measurement at a time.
-    threads: max(STUDY_WORLDS[-1], workflow.cores if isinstance(workflow.cores, int) else 1)
+    threads: local_cores(STUDY_WORLDS[-1])
     resources:
         tasks=lambda wildcards: int(wildcards.world),
         gpu=lambda wildcards: gpus(int(wildcards.world)),

@@ -31,8 +31,9 @@ from trackgnn.graph.radius import radius_graph
 from trackgnn.graph.truth import edge_labels, unique_truth_edges
 from trackgnn.io import load_tensors, save_tensors
 from trackgnn.models.checkpoint import load_model, resolve_device
+from trackgnn.models.edges import geometry_tensor
 from trackgnn.models.embedding import EmbeddingNet
-from trackgnn.models.filter import FilterNet, geometry_tensor
+from trackgnn.models.filter import FilterNet
 
 #: Keys every features file holds (see trackgnn.features); graph files add GRAPH_KEYS.
 FEATURE_KEYS = (

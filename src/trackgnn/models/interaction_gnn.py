@@ -6,27 +6,17 @@ graph as node features, edge features and a COO ``edge_index`` and returns one l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from trackgnn.models.mlp import make_mlp
+from trackgnn.models.edges import EDGE_FEATURES
+from trackgnn.models.mlp import PeriodicInput, make_mlp
 
-EDGE_FEATURE_DIM = 4
-
-
-def edge_features(r: Tensor, phi: Tensor, z: Tensor, eta: Tensor, edge_index: Tensor) -> Tensor:
-    """Geometric features of each edge [E, 4]: dr, dphi (wrapped to [-pi, pi)), dz, deta.
-
-    Lengths are in metres so all four are O(0.01-1).
-    """
-    src, dst = edge_index
-    dphi = torch.remainder(phi[dst] - phi[src] + torch.pi, 2 * torch.pi) - torch.pi
-    return torch.stack(
-        [(r[dst] - r[src]) / 1000.0, dphi, (z[dst] - z[src]) / 1000.0, eta[dst] - eta[src]], dim=1
-    )
+EDGE_FEATURE_DIM = len(EDGE_FEATURES)
 
 
 class InteractionLayer(nn.Module):
@@ -72,7 +62,7 @@ class InteractionGNN(nn.Module):
 
     Args:
         node_features: input features per node.
-        edge_features: input features per edge.
+        edge_features: input features per edge (:data:`trackgnn.models.edges.EDGE_FEATURES`).
         hidden: latent width.
         n_iterations: message-passing iterations (L).
         mlp_layers: hidden layers in every MLP.
@@ -81,6 +71,7 @@ class InteractionGNN(nn.Module):
             ``residual`` adds each iteration's output to its input instead.
         checkpointing: recompute each iteration in the backward pass instead of storing its
             activations (less memory, about one extra forward).
+        angle_columns: node features holding phi / pi; they enter as cos and sin.
     """
 
     def __init__(
@@ -93,11 +84,15 @@ class InteractionGNN(nn.Module):
         layer_norm: bool = True,
         skip: Literal["concat", "residual"] = "concat",
         checkpointing: bool = False,
+        angle_columns: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.skip = skip
         self.checkpointing = checkpointing
-        self.node_encoder = make_mlp(node_features, hidden, hidden, mlp_layers, "silu", layer_norm)
+        self.inputs = PeriodicInput(node_features, angle_columns)
+        self.node_encoder = make_mlp(
+            self.inputs.out_dim, hidden, hidden, mlp_layers, "silu", layer_norm
+        )
         self.edge_encoder = make_mlp(edge_features, hidden, hidden, mlp_layers, "silu", layer_norm)
         width = 2 * hidden if skip == "concat" else hidden
         self.layers = nn.ModuleList(
@@ -115,8 +110,8 @@ class InteractionGNN(nn.Module):
         return x + dx, e + de
 
     def forward(self, x: Tensor, edge_attr: Tensor, edge_index: Tensor) -> Tensor:
-        """Edge logits [E] for a graph with node features ``x`` [N, F] and ``edge_attr`` [E, 4]."""
-        x0 = self.node_encoder(x)
+        """Edge logits [E] of a graph with node features ``x`` [N, F] and ``edge_attr`` [E, 6]."""
+        x0 = self.node_encoder(self.inputs(x))
         e0 = self.edge_encoder(edge_attr)
         h, e = x0, e0
         for layer in self.layers:

@@ -45,6 +45,7 @@ from trackgnn.training.checkpoint import (
     input_fingerprint,
     resume_key,
 )
+from trackgnn.training.schedule import one_cycle_scheduler
 
 SameParticle = Literal["negative", "ignore"]
 
@@ -198,8 +199,12 @@ class EmbeddingModule(ResumableModule):
         for name in ("efficiency", "efficiency_all", "purity", "purity_pid", "edges_per_hit"):
             self.log(f"val_{name}", pooled[name], batch_size=1)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.hparams["train"]["lr"])
+    def configure_optimizers(self) -> dict[str, Any]:
+        train = self.hparams["train"]
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=train["lr"])
+        scheduler = one_cycle_scheduler(optimizer, train["total_steps"])
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 EMBEDDING_BATCH_KEYS = ("hit_id", "x", "r", "particle_id", "pt", "nhits", "truth_edges")
@@ -243,6 +248,7 @@ def train_embedding(
     train = {
         "margin": emb.margin,
         "lr": emb.lr,
+        "total_steps": emb.epochs * len(train_set),  # one step per event
         "random_pairs": emb.random_pairs,
         "knn_k": emb.knn_k,
         "signal_pt": emb.signal_pt,
@@ -257,7 +263,7 @@ def train_embedding(
     }
     # Everything that shapes the trained weights except the epoch count (validation-only
     # graph settings excluded): a rerun with the same key continues the interrupted training.
-    validation_only = ("radius", "k_max", "chunk_size", "eval_signal_pt")
+    validation_only = ("radius", "k_max", "chunk_size", "eval_signal_pt", "total_steps")
     shaping = {k: v for k, v in train.items() if k not in validation_only}
     files = input_fingerprint(train_set.files)
     key = resume_key("embedding", model, shaping, cfg.seed, files)

@@ -1,8 +1,11 @@
-"""Training of the edge filter (Lightning), one event graph per step.
+"""Training of the edge filter (Lightning), one event graph per batch.
 
-Each step takes all of the event's truth-graph edges and, per true edge, ``negative_ratio`` hard
-negatives (the fake edges the current model scores highest) and as many easy negatives (fake
-edges drawn uniformly), as in the paper; the loss is binary cross-entropy against ``y``.
+For each event the current model scores every fake edge; the event's edges for training are all
+its truth-graph edges and, per true edge, ``negative_ratio`` hard negatives (the fake edges the
+model scores highest) and as many easy negatives (fake edges drawn uniformly), as in the paper.
+These are shuffled and split into optimizer steps of ``batch_edges`` edges, so the cost of
+mining (one inference pass over the event) is shared by many steps; the loss is binary
+cross-entropy against ``y``. The learning rate follows a one-cycle schedule over all steps.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from trackgnn.config import Config
 from trackgnn.evaluation.matching import EvaluationCuts
 from trackgnn.evaluation.metrics import roc_auc
 from trackgnn.graph.construction import pooled_edge_metrics, stage_edge_metrics
-from trackgnn.models.filter import FilterNet, geometry_tensor
+from trackgnn.models.edges import geometry_tensor
+from trackgnn.models.filter import FilterNet
 from trackgnn.models.mlp import angle_columns
 from trackgnn.training.checkpoint import (
     ResumableModule,
@@ -30,6 +34,7 @@ from trackgnn.training.checkpoint import (
     resume_key,
 )
 from trackgnn.training.embedding import EventDataset, event_loader
+from trackgnn.training.schedule import one_cycle_scheduler
 
 FILTER_BATCH_KEYS = (
     "hit_id",
@@ -46,6 +51,12 @@ FILTER_BATCH_KEYS = (
     "nhits",
     "truth_edges",
 )
+
+
+def steps_per_event(n_true: int, n_fake: int, negative_ratio: float, batch_edges: int) -> int:
+    """Optimizer steps one event of ``n_true`` true and ``n_fake`` fake edges gives."""
+    n_negative = min(math.ceil(negative_ratio * max(n_true, 1)), n_fake)
+    return max(1, math.ceil((n_true + 2 * n_negative) / batch_edges))
 
 
 def select_training_edges(y: Tensor, fake_scores: Tensor, negative_ratio: float) -> Tensor:
@@ -76,10 +87,12 @@ class FilterModule(ResumableModule):
             {"model_kind": "filter", "model": model, "train": train, "resume_key": resume_key}
         )
         self.model = FilterNet(**model)
+        # Several optimizer steps per event (see the module docstring).
+        self.automatic_optimization = False
         self._val_metrics: list[dict[str, Any]] = []
         self._val_edges_in = 0
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         train = self.hparams["train"]
         geometry = geometry_tensor(batch["r"], batch["phi"], batch["z"], batch["eta"])
         edge_index, y = batch["edge_index"], batch["y"].bool()
@@ -87,10 +100,23 @@ class FilterModule(ResumableModule):
             batch["x"], geometry, edge_index[:, ~y], train["chunk_edges"]
         )
         chosen = select_training_edges(y, fake_scores, train["negative_ratio"])
-        logits = self.model(batch["x"], geometry, edge_index[:, chosen])
-        loss = F.binary_cross_entropy_with_logits(logits, y[chosen].to(logits.dtype))
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=1)
-        return loss
+        if len(chosen) == 0:
+            return None  # an event without edges teaches nothing
+        chosen = chosen[torch.randperm(len(chosen), device=chosen.device)]
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        losses = []
+        for step_edges in chosen.split(train["batch_edges"]):
+            logits = self.model(batch["x"], geometry, edge_index[:, step_edges])
+            loss = F.binary_cross_entropy_with_logits(logits, y[step_edges].to(logits.dtype))
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.detach())
+        mean_loss = torch.stack(losses).mean()
+        self.log("train_loss", mean_loss, on_step=False, on_epoch=True, batch_size=1)
+        self.log("lr", scheduler.get_last_lr()[0], on_step=False, on_epoch=True, batch_size=1)
+        return mean_loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         train = self.hparams["train"]
@@ -119,8 +145,12 @@ class FilterModule(ResumableModule):
         for name, value in pooled.items():
             self.log(f"val_{name}", value, batch_size=1)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.hparams["train"]["lr"])
+    def configure_optimizers(self) -> dict[str, Any]:
+        train = self.hparams["train"]
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=train["lr"])
+        scheduler = one_cycle_scheduler(optimizer, train["total_steps"])
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def train_filter(
@@ -147,15 +177,23 @@ def train_filter(
         "activation": flt.activation,
         "layer_norm": flt.layer_norm,
     }
+    steps_per_epoch = 0
+    for event in train_set:
+        n_true = int(event["y"].sum())
+        steps_per_epoch += steps_per_event(
+            n_true, len(event["y"]) - n_true, flt.negative_ratio, flt.batch_edges
+        )
     train = {
         "lr": flt.lr,
+        "total_steps": flt.epochs * steps_per_epoch,
+        "batch_edges": flt.batch_edges,
         "negative_ratio": flt.negative_ratio,
         "chunk_edges": flt.chunk_edges,
         "cut": flt.cut,
         "signal_pt": cfg.evaluation.signal_pt,
         "min_hits": cfg.evaluation.min_hits,
     }
-    shaping = {"lr": flt.lr, "negative_ratio": flt.negative_ratio}
+    shaping = {"lr": flt.lr, "negative_ratio": flt.negative_ratio, "batch_edges": flt.batch_edges}
     files = input_fingerprint(train_set.files)
     module = FilterModule(model, train, resume_key("filter", model, shaping, cfg.seed, files))
     trainer = fit_resumable(

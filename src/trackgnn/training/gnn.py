@@ -33,7 +33,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from trackgnn.config import Config
+from trackgnn.io import load_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN
+from trackgnn.models.mlp import angle_columns
 from trackgnn.scoring import (
     KIND,
     GraphBatch,
@@ -55,6 +57,7 @@ from trackgnn.training.checkpoint import (
     save_checkpoint_atomic,
 )
 from trackgnn.training.distributed import gradient_sync_stats, is_rank_zero, trainer_kwargs
+from trackgnn.training.schedule import one_cycle_scheduler
 
 
 def union_graph(graphs: list[GraphBatch]) -> GraphBatch:
@@ -237,6 +240,7 @@ class GNNModule(ResumableModule):
         compile: bool,
         mode: str,
         resume_key: str,
+        total_steps: int = 0,
         model_kind: str = KIND,
     ) -> None:
         super().__init__()
@@ -276,8 +280,9 @@ class GNNModule(ResumableModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"])
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.5)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        scheduler = one_cycle_scheduler(optimizer, self.hparams["total_steps"])
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def _graph_loader(stream: IterableDataset) -> DataLoader:
@@ -317,6 +322,10 @@ def train_gnn(
     device = torch.device(resolve_device(cfg.device))
     g = cfg.gnn
     rank, world = _rank_and_world(g.world_size)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_ranks > 1 and not cfg.threads:
+        # torchrun's ranks share this machine's cores (OMP_NUM_THREADS is the job's total).
+        torch.set_num_threads(max(1, torch.get_num_threads() // local_ranks))
     train_graphs = [load_event_graph(f) for f in train_files]
     val_graphs = [load_event_graph(f) for f in val_files]
     if g.mode == "full":
@@ -325,8 +334,10 @@ def train_gnn(
         stream = ShadowStream(union_graph(train_graphs), cfg, device, rank, world)
     val_loader = DataLoader(val_graphs[rank::world] or val_graphs[:1], batch_size=None)
 
+    feature_names = load_tensors(train_files[0]).get("feature_names")
     model_args = {
         "node_features": int(train_graphs[0].x.shape[1]),
+        "angle_columns": angle_columns(feature_names if isinstance(feature_names, list) else None),
         "hidden": g.hidden,
         "n_iterations": g.n_iterations,
         "mlp_layers": g.mlp_layers,
@@ -346,6 +357,7 @@ def train_gnn(
         compile=g.compile,
         mode=g.mode,
         resume_key=key,
+        total_steps=g.epochs * len(stream),
     )
     final = Path(ckpt_path)
     resume_from = find_resume_checkpoint(final, KIND, key)
