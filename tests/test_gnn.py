@@ -245,3 +245,36 @@ def test_ddp_two_ranks_one_allreduce_per_step(graph_files: list[str], tmp_path: 
     assert "allreduce_calls_per_step=1 " in epoch_lines[0]
     assert "world_size=2" in epoch_lines[0]
     assert (tmp_path / "gnn.ckpt").stat().st_size > 0
+
+
+def test_phi_sectors_partition_the_edges_by_inner_hit_azimuth() -> None:
+    from trackgnn.scoring import GraphBatch
+    from trackgnn.training.gnn import split_phi_sectors
+
+    torch.manual_seed(5)
+    n, e = 200, 1000
+    phi = torch.rand(n) * 2 * torch.pi - torch.pi
+    x = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], phi[:, None] / torch.pi], 1)
+    edge_index = torch.randint(0, n, (2, e))
+    graph = GraphBatch(
+        x=x,
+        edge_attr=torch.arange(e, dtype=torch.float32)[:, None],
+        edge_index=edge_index,
+        y=(torch.rand(e) > 0.5).float(),
+        weight=torch.ones(e),
+        n_samples=1,
+    )
+    parts = split_phi_sectors(graph, phi, 4)
+    assert len(parts) == 4
+    seen = torch.cat([p.edge_attr[:, 0].long() for p in parts])
+    assert torch.equal(seen.sort().values, torch.arange(e))  # every edge exactly once
+    for k, part in enumerate(parts):
+        ids = part.edge_attr[:, 0].long()
+        # Node features follow the renumbering: column 0 holds the original node id.
+        assert torch.equal(part.x[part.edge_index, 0].long(), edge_index[:, ids])
+        assert torch.equal(part.y, graph.y[ids])
+        inner_phi = phi[edge_index[0, ids]]
+        low, high = -torch.pi + k * torch.pi / 2, -torch.pi + (k + 1) * torch.pi / 2
+        assert ((inner_phi >= low - 1e-6) & (inner_phi <= high + 1e-6)).all()
+        assert part.x.shape[0] == len(torch.unique(edge_index[:, ids]))
+    assert split_phi_sectors(graph, phi, 1) == [graph]

@@ -100,6 +100,7 @@ class GNNConfig:
     amp: bool
     compile: bool
     mode: Literal["full", "shadow"]
+    phi_sectors: int
     lr: float
     epochs: int
     world_size: int
