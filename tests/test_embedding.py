@@ -213,3 +213,24 @@ def test_train_embedding_learns_and_build_graph_writes_labelled_graph(tmp_path):
     # The features travel along unchanged.
     features = load_tensors(files[3])
     assert torch.equal(graph["x"], features["x"])
+
+
+def test_each_event_gives_steps_per_event_optimizer_steps(tmp_path):
+    files = write_synthetic_events(tmp_path / "features", [5, 6, 7])
+    cfg = tiny_config(tmp_path, embedding={"epochs": 2, "steps_per_event": 3})
+    ckpt = tmp_path / "models" / "embedding.ckpt"
+    train_embedding(cfg, files[:2], files[2:], ckpt)
+    checkpoint = torch.load(ckpt, weights_only=False)
+    assert checkpoint["global_step"] == 2 * 2 * 3  # epochs x events x steps per event
+    assert checkpoint["lr_schedulers"][0]["last_epoch"] == 12
+
+
+def test_a_step_on_a_subset_of_hits_embeds_them_as_the_whole_event_does():
+    # Each step embeds only the hits of its pairs: the network must treat rows independently.
+    from trackgnn.models.embedding import EmbeddingNet
+
+    torch.manual_seed(3)
+    net = EmbeddingNet(in_dim=8, emb_dim=4, hidden=16, n_layers=2, angle_columns=[1])
+    x = torch.randn(300, 8)
+    subset = torch.tensor([5, 17, 299, 0])
+    torch.testing.assert_close(net(x[subset]), net(x)[subset])

@@ -55,6 +55,7 @@ class EmbeddingConfig:
     knn_k: int
     signal_pt: float
     signal_weight: float
+    steps_per_event: int
 
 
 @dataclass(frozen=True)

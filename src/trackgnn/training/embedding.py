@@ -1,4 +1,4 @@
-"""Metric-learning training of the embedding network (Lightning), one event per step.
+"""Metric-learning training of the embedding network (Lightning), one event per batch.
 
 Loss (pairwise hinge, p = 2, margin ``m`` in embedding distance): a pair of hits at distance
 ``d`` pays ``d^2`` when it is a truth-graph edge and ``max(0, m - d)^2`` otherwise. This is the
@@ -9,7 +9,9 @@ and negatives are averaged separately and summed, so their balance does not depe
 random pairs are drawn. Each step's pairs: the event's truth edges, ``random_pairs * N`` random
 pairs and, as hard negatives, each hit's ``knn_k`` nearest neighbours in the current embedding
 (exact FAISS search); duplicates are merged. Truth edges of signal particles (pT above
-``signal_pt`` and at least ``evaluation.min_hits`` hits) weigh ``signal_weight``.
+``signal_pt`` and at least ``evaluation.min_hits`` hits) weigh ``signal_weight``. The pairs
+of an event are mined once with the current model and split into ``steps_per_event`` shuffled
+parts, one optimizer step each; the learning rate follows a one-cycle schedule.
 """
 
 from __future__ import annotations
@@ -141,14 +143,18 @@ class EmbeddingModule(ResumableModule):
             {"model_kind": "embedding", "model": model, "train": train, "resume_key": resume_key}
         )
         self.model = EmbeddingNet(**model)
+        # steps_per_event optimizer steps per event (see training_step).
+        self.automatic_optimization = False
         self._val_metrics: list[dict[str, Any]] = []
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         train = self.hparams["train"]
-        emb = self.model(batch["x"])
-        n_hits = emb.shape[0]
+        x = batch["x"]
+        n_hits = x.shape[0]
+        with torch.no_grad():
+            emb = self.model(x)  # for mining only; each step embeds its own hits with gradients
         pairs = training_pairs(
-            emb.detach(),
+            emb,
             batch["truth_edges"],
             int(train["random_pairs"] * n_hits),
             train["knn_k"],
@@ -170,9 +176,23 @@ class EmbeddingModule(ResumableModule):
         weight = torch.where(
             y & signal[pairs[0]] & signal[pairs[1]], float(train["signal_weight"]), 1.0
         ).to(emb.dtype)
-        loss = pairwise_hinge_loss(emb[pairs[0]], emb[pairs[1]], y, train["margin"], weight)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=1)
-        return loss
+        order = torch.randperm(pairs.shape[1], device=pairs.device)
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        losses = []
+        for part in order.tensor_split(train["steps_per_event"]):
+            hits, local = torch.unique(pairs[:, part], return_inverse=True)
+            emb_part = self.model(x[hits])  # rows are independent: the same as x's rows
+            loss = pairwise_hinge_loss(
+                emb_part[local[0]], emb_part[local[1]], y[part], train["margin"], weight[part]
+            )
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.detach())
+        mean_loss = torch.stack(losses).mean()
+        self.log("train_loss", mean_loss, on_step=False, on_epoch=True, batch_size=1)
+        return mean_loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         train = self.hparams["train"]
@@ -248,7 +268,8 @@ def train_embedding(
     train = {
         "margin": emb.margin,
         "lr": emb.lr,
-        "total_steps": emb.epochs * len(train_set),  # one step per event
+        "steps_per_event": emb.steps_per_event,
+        "total_steps": emb.epochs * len(train_set) * emb.steps_per_event,
         "random_pairs": emb.random_pairs,
         "knn_k": emb.knn_k,
         "signal_pt": emb.signal_pt,

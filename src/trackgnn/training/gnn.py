@@ -363,15 +363,17 @@ def train_gnn(
     feature_names = load_tensors(train_files[0]).get("feature_names")
     phi_columns = angle_columns(feature_names if isinstance(feature_names, list) else None)
     if g.mode == "full":
-        if g.phi_sectors > 1 and not phi_columns:
-            raise TrackGNNError(f"{train_files[0]}: no phi feature to split sectors by")
-        sectors = [
-            part
-            for graph in train_graphs
-            for part in split_phi_sectors(
-                graph, graph.x[:, phi_columns[0]] * torch.pi, g.phi_sectors
-            )
-        ]
+        sectors = train_graphs
+        if g.phi_sectors > 1:
+            if not phi_columns:
+                raise TrackGNNError(f"{train_files[0]}: no phi feature to split sectors by")
+            sectors = [
+                part
+                for graph in train_graphs
+                for part in split_phi_sectors(
+                    graph, graph.x[:, phi_columns[0]] * torch.pi, g.phi_sectors
+                )
+            ]
         stream: IterableDataset = FullGraphStream(sectors, cfg.seed, rank, world)
     else:
         stream = ShadowStream(union_graph(train_graphs), cfg, device, rank, world)
