@@ -168,8 +168,9 @@ def main() -> None:
         for mode, row in last.items():
             if mode == "full":
                 continue
+            # None where full-graph training has not left zero yet (no edge above the cut).
             ratios = {
-                f"{k}_vs_full": round(row[k] / max(last["full"][k], 1e-12), 3)
+                f"{k}_vs_full": round(row[k] / last["full"][k], 3) if last["full"][k] else None
                 for k in ("precision", "recall", "auc", "train_s")
             }
             print(json.dumps({"comparison": f"{mode}/full", "epochs": args.epochs, **ratios}))
