@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--val-events", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--modes", default="full,sectors,shadow")
-    parser.add_argument("--plot", default="bench/shadow_vs_full.png")
+    parser.add_argument("--plot", default="results/shadow_vs_full.png")
     parser.add_argument("--depth", type=int, help="ShaDow depth (default: config)")
     parser.add_argument("--fanout", type=int, help="ShaDow fanout (default: config)")
     parser.add_argument("--quick", action="store_true")
@@ -199,6 +199,7 @@ def _plot(curves: dict, path: str) -> None:
             ax.set_title(f"validation edge {key}")
     axes[0].legend()
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     print(json.dumps({"plot": path}))
 
