@@ -134,7 +134,10 @@ def main() -> None:
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
             if proc.returncode != 0:
-                print(json.dumps({"mode": mode, "mu": mu, "error": proc.stderr.strip()[-500:]}))
+                error = proc.stderr.strip()[-500:]
+                if proc.returncode < 0:  # killed: SIGKILL is the kernel's out-of-memory killer
+                    error = f"killed by signal {-proc.returncode} (out of memory?) {error}".strip()
+                print(json.dumps({"mode": mode, "mu": mu, "error": error}))
                 continue
             line = json.loads(proc.stdout.strip().splitlines()[-1])
             results[(mode, mu)] = line
