@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,28 @@ class ResumableModule(pl.LightningModule):
         state = checkpoint.get(RNG_KEY)
         if state is not None:
             torch.set_rng_state(state)
+
+    def optimize_parts(
+        self, parts: Iterable[torch.Tensor], loss_of: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """One optimizer and learning-rate step per part of a batch (manual optimization).
+
+        For modules that take several steps per event: ``loss_of(part)`` is each step's loss.
+        Logs the mean ``train_loss`` and the learning rate; returns the mean loss.
+        """
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        losses = []
+        for part in parts:
+            loss = loss_of(part)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.detach())
+        mean_loss = torch.stack(losses).mean()
+        self.log("train_loss", mean_loss, on_step=False, on_epoch=True, batch_size=1)
+        self.log("lr", scheduler.get_last_lr()[0], on_step=False, on_epoch=True, batch_size=1)
+        return mean_loss
 
 
 def make_trainer(

@@ -177,22 +177,15 @@ class EmbeddingModule(ResumableModule):
             y & signal[pairs[0]] & signal[pairs[1]], float(train["signal_weight"]), 1.0
         ).to(emb.dtype)
         order = torch.randperm(pairs.shape[1], device=pairs.device)
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        losses = []
-        for part in order.tensor_split(train["steps_per_event"]):
+
+        def loss_of(part: Tensor) -> Tensor:
             hits, local = torch.unique(pairs[:, part], return_inverse=True)
             emb_part = self.model(x[hits])  # rows are independent: the same as x's rows
-            loss = pairwise_hinge_loss(
+            return pairwise_hinge_loss(
                 emb_part[local[0]], emb_part[local[1]], y[part], train["margin"], weight[part]
             )
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.detach())
-        mean_loss = torch.stack(losses).mean()
-        self.log("train_loss", mean_loss, on_step=False, on_epoch=True, batch_size=1)
-        return mean_loss
+
+        return self.optimize_parts(order.tensor_split(train["steps_per_event"]), loss_of)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         train = self.hparams["train"]

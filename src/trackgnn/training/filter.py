@@ -103,20 +103,12 @@ class FilterModule(ResumableModule):
         if len(chosen) == 0:
             return None  # an event without edges teaches nothing
         chosen = chosen[torch.randperm(len(chosen), device=chosen.device)]
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        losses = []
-        for step_edges in chosen.split(train["batch_edges"]):
+
+        def loss_of(step_edges: Tensor) -> Tensor:
             logits = self.model(batch["x"], geometry, edge_index[:, step_edges])
-            loss = F.binary_cross_entropy_with_logits(logits, y[step_edges].to(logits.dtype))
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.detach())
-        mean_loss = torch.stack(losses).mean()
-        self.log("train_loss", mean_loss, on_step=False, on_epoch=True, batch_size=1)
-        self.log("lr", scheduler.get_last_lr()[0], on_step=False, on_epoch=True, batch_size=1)
-        return mean_loss
+            return F.binary_cross_entropy_with_logits(logits, y[step_edges].to(logits.dtype))
+
+        return self.optimize_parts(chosen.split(train["batch_edges"]), loss_of)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         train = self.hparams["train"]
