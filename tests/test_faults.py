@@ -107,6 +107,26 @@ def epochs_printed(output: str) -> list[int]:
 # ----------------------------------------------------------------------------- killed jobs
 
 
+def rerun_finishes_after(
+    launcher: list[str], config: Path, graphs: dict, model: Path, saved: int
+) -> str:
+    """Rerun the killed training; check it trains only the epochs after ``saved``; its output."""
+    rerun = subprocess.run(
+        [*launcher, *train_args(config, graphs, model)],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    # Only the epoch that was running is done again; finished ones are not.
+    assert epochs_printed(output) == list(range(saved + 2, EPOCHS + 1))
+    assert last_epoch(model) == EPOCHS  # the final checkpoint counts finished epochs
+    return output
+
+
 def test_per_event_job_killed_mid_write_leaves_no_complete_output_and_reruns(tmp_path):
     """Kill a features job while it writes (half the bytes on disk), through Snakemake."""
     hooks = tmp_path / "hooks"
@@ -167,21 +187,11 @@ def test_training_killed_mid_epoch_resumes_losing_at_most_that_epoch(tmp_path, g
     saved = last_epoch(last)  # 0-based index of the last finished epoch
     assert saved < EPOCHS - 1 and not model.exists(), "killed before training finished"
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "trackgnn.cli", *train_args(config, graphs, model)],
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    output = rerun_finishes_after(
+        [sys.executable, "-m", "trackgnn.cli"], config, graphs, model, saved
     )
-    output = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, output[-3000:]
     assert f"resuming from {last} after epoch {saved + 1}" in output
-    # Only the epoch that was running is done again; finished ones are not.
-    assert epochs_printed(output) == list(range(saved + 2, EPOCHS + 1))
     assert epochs_printed(first_output)[-1] == saved + 1
-    assert last_epoch(model) == EPOCHS  # the final checkpoint counts finished epochs
 
 
 def _rank_pid(parent: int, rank: int, timeout_s: float = 60) -> int:
@@ -219,19 +229,8 @@ def test_dead_rank_fails_the_job_quickly_and_the_rerun_resumes(tmp_path, graphs)
     assert not model.exists()
     saved = last_epoch(last)
 
-    rerun = subprocess.run(
-        [*torchrun, "-m", "trackgnn.cli", *train_args(config, graphs, model)],
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    output = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, output[-3000:]
+    output = rerun_finishes_after([*torchrun, "-m", "trackgnn.cli"], config, graphs, model, saved)
     assert f"after epoch {saved + 1}" in output
-    assert epochs_printed(output) == list(range(saved + 2, EPOCHS + 1))
-    assert last_epoch(model) == EPOCHS  # the final checkpoint counts finished epochs
 
 
 # ----------------------------------------------------------------------------- bad input

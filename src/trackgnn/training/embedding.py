@@ -47,7 +47,7 @@ from trackgnn.training.checkpoint import (
     input_fingerprint,
     resume_key,
 )
-from trackgnn.training.schedule import one_cycle_scheduler
+from trackgnn.training.schedule import one_cycle_optimization
 
 SameParticle = Literal["negative", "ignore"]
 
@@ -214,10 +214,9 @@ class EmbeddingModule(ResumableModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         train = self.hparams["train"]
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=train["lr"])
-        scheduler = one_cycle_scheduler(optimizer, train["total_steps"])
-        schedule = {"scheduler": scheduler, "interval": "step"}
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        return one_cycle_optimization(
+            torch.optim.Adam(self.model.parameters(), lr=train["lr"]), train["total_steps"]
+        )
 
 
 EMBEDDING_BATCH_KEYS = ("hit_id", "x", "r", "particle_id", "pt", "nhits", "truth_edges")

@@ -34,7 +34,7 @@ from trackgnn.training.checkpoint import (
     resume_key,
 )
 from trackgnn.training.embedding import EventDataset, event_loader
-from trackgnn.training.schedule import one_cycle_scheduler
+from trackgnn.training.schedule import one_cycle_optimization
 
 FILTER_BATCH_KEYS = (
     "hit_id",
@@ -139,10 +139,9 @@ class FilterModule(ResumableModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         train = self.hparams["train"]
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=train["lr"])
-        scheduler = one_cycle_scheduler(optimizer, train["total_steps"])
-        schedule = {"scheduler": scheduler, "interval": "step"}
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        return one_cycle_optimization(
+            torch.optim.Adam(self.model.parameters(), lr=train["lr"]), train["total_steps"]
+        )
 
 
 def train_filter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -37,3 +38,9 @@ def one_cycle_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: one_cycle_factor(step, total_steps)
     )
+
+
+def one_cycle_optimization(optimizer: torch.optim.Optimizer, total_steps: int) -> dict[str, Any]:
+    """``configure_optimizers``' answer: ``optimizer`` under a per-step one-cycle schedule."""
+    scheduler = one_cycle_scheduler(optimizer, total_steps)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
