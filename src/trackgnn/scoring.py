@@ -10,6 +10,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,7 +51,11 @@ class GraphBatch:
 
 def load_event_graph(path: str | Path) -> GraphBatch:
     """An event graph file (filter stage output) as a :class:`GraphBatch` with unit weights."""
-    data = load_tensors(path, required=GRAPH_KEYS)
+    return event_graph(load_tensors(path, required=GRAPH_KEYS), path)
+
+
+def event_graph(data: dict[str, Any], path: str | Path) -> GraphBatch:
+    """The :class:`GraphBatch` of an event graph file's loaded tensors (``path`` for errors)."""
     ei = data["edge_index"]
     if ei.dim() != 2 or ei.shape[0] != 2:
         raise InputError(path, "edge_index must have shape [2, E]")
@@ -97,7 +102,7 @@ def score_edges(
     model, _ = load_model(model_ckpt, KIND, InteractionGNN)
     model.to(device)
     data = load_tensors(graph_file, required=GRAPH_KEYS)
-    graph = load_event_graph(graph_file).to(device)
+    graph = event_graph(data, graph_file).to(device)
     with torch.inference_mode():
         logits = model(graph.x, graph.edge_attr, graph.edge_index)
     scores = torch.sigmoid(logits.float()).cpu()

@@ -38,9 +38,11 @@ from trackgnn.io import load_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.models.mlp import angle_columns
 from trackgnn.scoring import (
+    GRAPH_KEYS,
     KIND,
     GraphBatch,
     edge_classification_metrics,
+    event_graph,
     load_event_graph,
     peak_rss_mb,
 )
@@ -356,9 +358,11 @@ def train_gnn(
     if local_ranks > 1 and not cfg.threads:
         # torchrun's ranks share this machine's cores (OMP_NUM_THREADS is the job's total).
         torch.set_num_threads(max(1, torch.get_num_threads() // local_ranks))
-    train_graphs = [load_event_graph(f) for f in train_files]
+    first = load_tensors(train_files[0], required=GRAPH_KEYS)
+    feature_names = first.get("feature_names")
+    train_graphs = [event_graph(first, train_files[0])]
+    train_graphs += [load_event_graph(f) for f in train_files[1:]]
     val_graphs = [load_event_graph(f) for f in val_files]
-    feature_names = load_tensors(train_files[0]).get("feature_names")
     phi_columns = angle_columns(feature_names if isinstance(feature_names, list) else None)
     if g.mode == "full":
         sectors = train_graphs
