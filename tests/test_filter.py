@@ -23,7 +23,7 @@ from trackgnn.models.edges import (
 )
 from trackgnn.models.filter import FilterNet, edge_inputs
 from trackgnn.models.mlp import ROW_TILE
-from trackgnn.training.filter import select_training_edges, train_filter
+from trackgnn.training.filter import negative_candidates, select_training_edges, train_filter
 
 
 def synthetic_graph(event_id: int) -> dict:
@@ -127,6 +127,24 @@ def test_training_edges_are_all_true_plus_hardest_and_random_fakes():
     fake_idx = torch.nonzero(~y).squeeze(1)
     assert sorted(chosen[3:9].tolist()) == sorted(fake_idx[-6:].tolist())  # hardest six
     assert not y[chosen[3:]].any()  # negatives are fakes
+
+
+def test_layer_skips_of_one_particle_can_be_left_out_of_the_negatives():
+    torch.manual_seed(0)
+    y = torch.zeros(100, dtype=torch.bool)
+    y[[3, 50, 70]] = True
+    y_pid = y.clone()
+    y_pid[90:] = True  # same particle, not truth-graph neighbours: the highest-scoring fakes
+    for same_particle_negatives, expect_skips in ((True, True), (False, False)):
+        candidates = negative_candidates(y, y_pid, same_particle_negatives)
+        fake_scores = torch.arange(int(candidates.sum()), dtype=torch.float32)
+        chosen = select_training_edges(y, fake_scores, 3.0, candidates)
+        negatives = chosen[3:]
+        assert not y[negatives].any()
+        assert bool(y_pid[negatives].any()) is expect_skips
+        # the hardest (last) candidates are taken: the skips when allowed, edges 80-89 otherwise
+        hard = sorted(negatives[:9].tolist())
+        assert hard == (list(range(91, 100)) if expect_skips else list(range(81, 90)))
 
 
 def test_train_filter_then_filter_graph_removes_edges_under_the_cut(tmp_path):

@@ -78,6 +78,7 @@ class FilterConfig:
     chunk_edges: int
     negative_ratio: float
     batch_edges: int
+    same_particle_negatives: bool
 
 
 @dataclass(frozen=True)

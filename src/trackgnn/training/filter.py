@@ -59,17 +59,27 @@ def steps_per_event(n_true: int, n_fake: int, negative_ratio: float, batch_edges
     return max(1, math.ceil((n_true + 2 * n_negative) / batch_edges))
 
 
-def select_training_edges(y: Tensor, fake_scores: Tensor, negative_ratio: float) -> Tensor:
-    """Indices of the edges of one step: all true, then hard, then easy negatives.
+def negative_candidates(y: Tensor, y_pid: Tensor, same_particle_negatives: bool) -> Tensor:
+    """Bool ``[E]``: the edges negatives are drawn from (fake, and different particles unless
+    ``same_particle_negatives``)."""
+    return ~y if same_particle_negatives else ~(y | y_pid)
+
+
+def select_training_edges(
+    y: Tensor, fake_scores: Tensor, negative_ratio: float, candidates: Tensor | None = None
+) -> Tensor:
+    """Indices of the edges of one event's steps: all true, then hard, then easy negatives.
 
     Args:
         y: ``[E]`` truth of every edge.
-        fake_scores: ``[n_fake]`` current scores of the fake edges (in edge order).
+        fake_scores: ``[n_candidates]`` current scores of the negative candidates (in edge
+            order).
         negative_ratio: hard negatives, and again easy negatives, per true edge (at least one
             of each when the event has no true edge).
+        candidates: bool ``[E]`` of the edges negatives may be drawn from; default every fake.
     """
     true_idx = torch.nonzero(y, as_tuple=True)[0]
-    fake_idx = torch.nonzero(~y, as_tuple=True)[0]
+    fake_idx = torch.nonzero(~y if candidates is None else candidates, as_tuple=True)[0]
     n_negative = min(math.ceil(negative_ratio * max(len(true_idx), 1)), len(fake_idx))
     if n_negative == 0:
         return true_idx
@@ -96,10 +106,11 @@ class FilterModule(ResumableModule):
         train = self.hparams["train"]
         geometry = geometry_tensor(batch["r"], batch["phi"], batch["z"], batch["eta"])
         edge_index, y = batch["edge_index"], batch["y"].bool()
+        candidates = negative_candidates(y, batch["y_pid"].bool(), train["same_particle_negatives"])
         fake_scores = self.model.scores(
-            batch["x"], geometry, edge_index[:, ~y], train["chunk_edges"]
+            batch["x"], geometry, edge_index[:, candidates], train["chunk_edges"]
         )
-        chosen = select_training_edges(y, fake_scores, train["negative_ratio"])
+        chosen = select_training_edges(y, fake_scores, train["negative_ratio"], candidates)
         if len(chosen) == 0:
             return None  # an event without edges teaches nothing
         chosen = chosen[torch.randperm(len(chosen), device=chosen.device)]
@@ -170,21 +181,30 @@ def train_filter(
     }
     steps_per_epoch = 0
     for event in train_set:
-        n_true = int(event["y"].sum())
+        y = event["y"].bool()
+        n_candidates = int(
+            negative_candidates(y, event["y_pid"].bool(), flt.same_particle_negatives).sum()
+        )
         steps_per_epoch += steps_per_event(
-            n_true, len(event["y"]) - n_true, flt.negative_ratio, flt.batch_edges
+            int(y.sum()), n_candidates, flt.negative_ratio, flt.batch_edges
         )
     train = {
         "lr": flt.lr,
         "total_steps": flt.epochs * steps_per_epoch,
         "batch_edges": flt.batch_edges,
         "negative_ratio": flt.negative_ratio,
+        "same_particle_negatives": flt.same_particle_negatives,
         "chunk_edges": flt.chunk_edges,
         "cut": flt.cut,
         "signal_pt": cfg.evaluation.signal_pt,
         "min_hits": cfg.evaluation.min_hits,
     }
-    shaping = {"lr": flt.lr, "negative_ratio": flt.negative_ratio, "batch_edges": flt.batch_edges}
+    shaping = {
+        "lr": flt.lr,
+        "negative_ratio": flt.negative_ratio,
+        "batch_edges": flt.batch_edges,
+        "same_particle_negatives": flt.same_particle_negatives,
+    }
     files = input_fingerprint(train_set.files)
     module = FilterModule(model, train, resume_key("filter", model, shaping, cfg.seed, files))
     trainer = fit_resumable(
