@@ -546,6 +546,11 @@ def test_evaluate_events_writes_the_full_report(tmp_path):
     assert on_disk["edge_metrics"]["graph"]["efficiency"]["value"] == 1.0
     assert on_disk["edge_metrics"]["graph"]["auc"]["value"] is None
     assert on_disk["edge_metrics"]["filter"]["auc"]["value"] == pytest.approx(7 / 9)
+    # pooled edges of a stage against the stage before: 2 x 6 graph edges, 2 x 4 after the cut
+    assert on_disk["edge_metrics"]["graph"]["n_edges"]["value"] == 12
+    assert "edge_reduction" not in on_disk["edge_metrics"]["graph"]
+    assert on_disk["edge_metrics"]["filter"]["edge_reduction"]["value"] == pytest.approx(1.5)
+    assert on_disk["edge_metrics"]["gnn"]["edge_reduction"]["value"] == pytest.approx(1.0)
     assert on_disk["timing_s"] == {"graph": 0.5, "gnn": pytest.approx(4.0 / 3)}
     assert on_disk["peak_memory_mb"] == {"graph": 100.0}
     assert on_disk["counts"]["n_selected.all"] == 12
@@ -564,6 +569,7 @@ def test_evaluate_events_writes_the_full_report(tmp_path):
     assert "over 2 event(s)" in table
     assert "physics efficiency" in table and "0.8333 ± 0.1076" in table
     assert "gnn" in table and "n/a" in table  # the graph stage has no AUC
+    assert "edge_reduction" in table and "1.50" in table
     assert "gnn 1.33" in table
     assert "peak memory (MB)" in table and "graph 100" in table
 

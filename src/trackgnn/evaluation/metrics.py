@@ -270,7 +270,10 @@ EDGE_METRICS = ("efficiency", "purity", "purity_pid", "edges_per_hit", "auc")
 
 
 def aggregate_edge_metrics(per_event: Sequence[Mapping[str, Any]]) -> dict[str, Estimate]:
-    """Pool the edge counts of events (binomial errors); average edges per hit and AUC."""
+    """Pool the edge counts of events (binomial errors); average edges per hit and AUC.
+
+    ``n_edges`` is the total over the events (no error).
+    """
     total = {
         key: sum(event[key] for event in per_event)
         for key in (
@@ -287,4 +290,5 @@ def aggregate_edge_metrics(per_event: Sequence[Mapping[str, Any]]) -> dict[str, 
         "purity_pid": ratio_estimate(total["n_same_particle"], total["n_edges"]),
         "edges_per_hit": mean_estimate([event["edges_per_hit"] for event in per_event]),
         "auc": mean_estimate([event["auc"] for event in per_event]),
+        "n_edges": {"value": float(total["n_edges"]), "error": None},
     }

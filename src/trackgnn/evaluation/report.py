@@ -21,6 +21,7 @@ total events, its ``peak_memory_mb`` the maximum over its files.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -212,10 +213,10 @@ def format_table(summary: Mapping[str, Any]) -> str:
         )
     edge = summary.get("edge_metrics", {})
     if edge:
-        columns = ("efficiency", "purity", "edges_per_hit", "auc")
+        columns = ("efficiency", "purity", "edges_per_hit", "edge_reduction", "auc")
         lines += ["", row("edges", columns)]
         for stage, figures in edge.items():
-            digits = {"edges_per_hit": 2}
+            digits = {"edges_per_hit": 2, "edge_reduction": 2}
             cells = [_format_estimate(figures.get(c), digits.get(c, 4)) for c in columns]
             lines.append(row(stage, cells))
     per_stage = (
@@ -321,6 +322,11 @@ def evaluate_events(
         stage: aggregate_edge_metrics([row for row in edge_rows if row["stage"] == stage])
         for stage in stages
     }
+    # each stage's pooled edge count against the stage before it (graph -> filter -> gnn)
+    for before, after in itertools.pairwise(stages):
+        kept = edge_by_stage[after]["n_edges"]["value"]
+        reduction = edge_by_stage[before]["n_edges"]["value"] / kept if kept else None
+        edge_by_stage[after]["edge_reduction"] = {"value": reduction, "error": None}
     pooled_counts = {
         key: int(sum(event[key] for event in per_event))
         for key in per_event[0]
