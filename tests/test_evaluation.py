@@ -570,6 +570,14 @@ def test_evaluate_events_writes_the_full_report(tmp_path):
     assert "physics efficiency" in table and "0.8333 ± 0.1076" in table
     assert "gnn" in table and "n/a" in table  # the graph stage has no AUC
     assert "edge_reduction" in table and "1.50" in table
+    # stages in pipeline order, also from the key-sorted summary.json
+    on_disk_table = format_table(on_disk).splitlines()
+    stage_rows = [
+        line.split()[0]
+        for line in on_disk_table
+        if line.split()[:1] in (["graph"], ["filter"], ["gnn"])
+    ]
+    assert stage_rows == ["graph", "filter", "gnn"]
     assert "gnn 1.33" in table
     assert "peak memory (MB)" in table and "graph 100" in table
 

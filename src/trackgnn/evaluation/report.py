@@ -75,6 +75,10 @@ class EventInputs:
 # --------------------------------------------------------------------------- inputs
 
 
+#: Edge stages in pipeline order.
+PIPELINE_STAGES = ("graph", "filter", "gnn")
+
+
 def read_submission(path: str | Path) -> pd.DataFrame:
     """Read a ``hit_id,track_id`` CSV, raising InputError on a bad file."""
     path = Path(path)
@@ -215,7 +219,10 @@ def format_table(summary: Mapping[str, Any]) -> str:
     if edge:
         columns = ("efficiency", "purity", "edges_per_hit", "edge_reduction", "auc")
         lines += ["", row("edges", columns)]
-        for stage, figures in edge.items():
+        # pipeline order (summary.json comes back with its keys sorted)
+        order = [s for s in PIPELINE_STAGES if s in edge] + sorted(set(edge) - set(PIPELINE_STAGES))
+        for stage in order:
+            figures = edge[stage]
             digits = {"edges_per_hit": 2, "edge_reduction": 2}
             cells = [_format_estimate(figures.get(c), digits.get(c, 4)) for c in columns]
             lines.append(row(stage, cells))
