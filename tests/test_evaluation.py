@@ -516,7 +516,7 @@ def test_evaluate_events_writes_the_full_report(tmp_path):
         tracks.parent.mkdir(exist_ok=True)
         submission.to_csv(tracks, index=False)
         graphs = {}
-        for stage in ("graph", "filter", "gnn"):
+        for stage in ("gnn", "graph", "filter"):  # not in pipeline order: the report sorts
             graphs[stage] = tmp_path / stage / f"event{event_id:09d}.pt"
             save_tensors(make_graph(with_scores=stage != "graph"), graphs[stage])
         events.append(EventInputs(prefix, tracks, graphs))

@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +72,17 @@ class EventInputs:
     graphs: Mapping[str, Path] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- inputs
-
-
 #: Edge stages in pipeline order.
 PIPELINE_STAGES = ("graph", "filter", "gnn")
+
+
+def in_pipeline_order(stages: Iterable[str]) -> list[str]:
+    """Distinct stage names, the known ones in pipeline order, then any others sorted."""
+    names = set(stages)
+    return [s for s in PIPELINE_STAGES if s in names] + sorted(names - set(PIPELINE_STAGES))
+
+
+# --------------------------------------------------------------------------- inputs
 
 
 def read_submission(path: str | Path) -> pd.DataFrame:
@@ -220,8 +226,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
         columns = ("efficiency", "purity", "edges_per_hit", "edge_reduction", "auc")
         lines += ["", row("edges", columns)]
         # pipeline order (summary.json comes back with its keys sorted)
-        order = [s for s in PIPELINE_STAGES if s in edge] + sorted(set(edge) - set(PIPELINE_STAGES))
-        for stage in order:
+        for stage in in_pipeline_order(edge):
             figures = edge[stage]
             digits = {"edges_per_hit": 2, "edge_reduction": 2}
             cells = [_format_estimate(figures.get(c), digits.get(c, 4)) for c in columns]
@@ -324,12 +329,13 @@ def evaluate_events(
         edge_rows.extend(rows)
 
     edge_table = pd.DataFrame(edge_rows)
-    stages = list(dict.fromkeys(row["stage"] for row in edge_rows))
+    # pipeline order, whatever order the inputs named the stages in: each stage's
+    # edge_reduction is against the stage before it
+    stages = in_pipeline_order(row["stage"] for row in edge_rows)
     edge_by_stage = {
         stage: aggregate_edge_metrics([row for row in edge_rows if row["stage"] == stage])
         for stage in stages
     }
-    # each stage's pooled edge count against the stage before it (graph -> filter -> gnn)
     for before, after in itertools.pairwise(stages):
         kept = edge_by_stage[after]["n_edges"]["value"]
         reduction = edge_by_stage[before]["n_edges"]["value"] / kept if kept else None
