@@ -536,20 +536,28 @@ class InducedExtractor:
         # (row + 1, position) in one int64; the +1 keeps every packed value apart from 0 (absent)
         packed = (row_plus_one << 32) | position
 
-        # blocks of consecutive rows, one mark slice each
-        block_rows = -(-num_rows // min(num_rows, self.max_groups))
-        mark = self._scratch(-(-num_rows // block_rows))
-        slice_base = _floor_div(row, block_rows) * (n + 1)
-        slot = slice_base + vertex
+        # rows share mark slices round-robin in the order of their roots' ids, so the rows of
+        # one slice have roots far apart (ids follow the detector geometry) and rarely overlap
+        groups = min(num_rows, self.max_groups)
+        block_rows = -(-num_rows // groups)
+        mark = self._scratch(groups)
+        rank = torch.empty_like(roots)
+        rank[torch.argsort(roots)] = torch.arange(num_rows, device=device)
+        row_base = torch.remainder(rank, groups) * (n + 1)  # each row's slice start in mark
+        row_in_slice = _floor_div(rank, groups)  # distinct among the rows of one slice
+        entry_base = row_base.index_select(0, row)
+        slot = entry_base + vertex
         mark.index_put_((slot,), packed)
         try:
-            lookup = self._index_collisions(mark, slot, packed, row, block_rows)
+            lookup = self._index_collisions(
+                mark, slot, packed, row_in_slice.index_select(0, row), block_rows
+            )
             # dense part: out-edge slots [0, width) of every entry, one [count, width] gather
             head = self.heads.index_select(0, vertex)
             code = self._codes(
                 mark,
-                (head + slice_base.to(self.slot_dtype)[:, None]).view(-1),
-                lambda cand: row.index_select(0, _floor_div(cand, w)),
+                (head + entry_base.to(self.slot_dtype)[:, None]).view(-1),
+                lambda cand: row_in_slice.index_select(0, row.index_select(0, _floor_div(cand, w))),
                 lookup,
                 block_rows,
             )
@@ -563,7 +571,16 @@ class InducedExtractor:
             eid = graph.out_eid.index_select(0, kept + base.index_select(0, entry))
             parts = [(edges, eid, torch.searchsorted(kept, node_bounds * w))]
             if self.has_overflow:
-                parts.append(self._overflow(mark, vertex, packed, lookup, block_rows, row_bounds))
+                parts.append(
+                    self._overflow(
+                        mark,
+                        vertex,
+                        packed,
+                        lookup,
+                        (row_base, row_in_slice, block_rows),
+                        row_bounds,
+                    )
+                )
         finally:
             mark.index_fill_(0, slot, 0)
 
@@ -597,14 +614,15 @@ class InducedExtractor:
 
     @staticmethod
     def _index_collisions(
-        mark: Tensor, slot: Tensor, packed: Tensor, row: Tensor, block_rows: int
+        mark: Tensor, slot: Tensor, packed: Tensor, in_slice: Tensor, block_rows: int
     ) -> tuple[_KeyIndex, Tensor] | None:
-        """Mark vertices in several rows of one block with -1 and index their entries.
+        """Mark vertices in several rows of one slice with -1 and index their entries.
 
         After the scatter of ``packed`` into ``mark[slot]``, an entry that does not read back its
         own value shares its slot with another (which one won is irrelevant, so this is
         deterministic on every device). Returns the hash index of the entries of shared slots
-        (key ``slot * block_rows + row % block_rows``) and their packed values, or None.
+        (key ``slot * block_rows + in_slice``, ``in_slice`` the entry's row's index among the
+        rows of its slice) and their packed values, or None.
         """
         if block_rows == 1:  # a row never holds a vertex twice
             return None
@@ -613,16 +631,14 @@ class InducedExtractor:
             return None
         mark.index_fill_(0, slot.index_select(0, lost), -1)
         shared = _flat_nonzero(mark.index_select(0, slot) < 0)
-        keys = slot.index_select(0, shared) * block_rows + torch.remainder(
-            row.index_select(0, shared), block_rows
-        )
+        keys = slot.index_select(0, shared) * block_rows + in_slice.index_select(0, shared)
         return _KeyIndex(keys), packed.index_select(0, shared)
 
     @staticmethod
     def _codes(
         mark: Tensor,
         head_slot: Tensor,
-        candidate_row: Callable[[Tensor], Tensor],
+        candidate_in_slice: Callable[[Tensor], Tensor],
         lookup: tuple[_KeyIndex, Tensor] | None,
         block_rows: int,
     ) -> Tensor:
@@ -634,7 +650,7 @@ class InducedExtractor:
         if shared.numel():
             index, packed_of = lookup
             query = head_slot.index_select(0, shared).to(torch.int64) * block_rows
-            query += torch.remainder(candidate_row(shared), block_rows)
+            query += candidate_in_slice(shared)
             found_at = index.lookup(query)
             code[shared] = torch.where(
                 found_at >= 0, packed_of.index_select(0, found_at.clamp(min=0)), 0
@@ -647,22 +663,26 @@ class InducedExtractor:
         vertex: Tensor,
         packed: Tensor,
         lookup: tuple[_KeyIndex, Tensor] | None,
-        block_rows: int,
+        slices: tuple[Tensor, Tensor, int],
         row_bounds: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Out-edges beyond the table width, enumerated by segment expansion: ``[2, m]``
         (tail, head) positions in F, edge ids, and each minibatch's first edge."""
         graph = self.graph
-        n = graph.num_nodes
         starts = graph.out_rowptr.index_select(0, vertex) + self.width
         counts = (graph.out_rowptr.index_select(0, vertex + 1) - starts).clamp(min=0)
         total = int(counts.sum())
         slot = _expand_segments(starts, counts, total, step=1)
         tail = _expand_segments(packed, counts, total, step=0)
         tail_row = (tail >> 32) - 1
-        head_slot = graph.out_col.index_select(0, slot) + _floor_div(tail_row, block_rows) * (n + 1)
+        row_base, row_in_slice, block_rows = slices
+        head_slot = graph.out_col.index_select(0, slot) + row_base.index_select(0, tail_row)
         code = self._codes(
-            mark, head_slot, lambda cand: tail_row.index_select(0, cand), lookup, block_rows
+            mark,
+            head_slot,
+            lambda cand: row_in_slice.index_select(0, tail_row.index_select(0, cand)),
+            lookup,
+            block_rows,
         )
         kept = _flat_nonzero(((code ^ tail) >> 32) == 0)  # same row; never for code 0
         edges = torch.empty((2, kept.numel()), dtype=torch.int64, device=tail.device)
