@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import functools
 import math
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -300,6 +301,8 @@ class ReferenceSampler(ShadowSampler):
 
 
 _LOW32 = (1 << 32) - 1
+# index of an int64's high 32 bits among the two int32 words of its memory
+_HIGH_WORD = 1 if sys.byteorder == "little" else 0
 
 
 def _flat_nonzero(mask: Tensor) -> Tensor:
@@ -478,6 +481,7 @@ class InducedExtractor:
         w = self.width
         max_slots = max(1, mark_budget // (n + 1)) * (n + 1)
         table = torch.full(((n + 1) * w,), n, dtype=torch.int64, device=device)
+        eid_table = torch.full_like(table, -1)
         if graph.num_edges:
             tail = torch.repeat_interleave(
                 torch.arange(n, device=device), out_degree, output_size=graph.num_edges
@@ -486,13 +490,16 @@ class InducedExtractor:
                 0, tail
             )
             fits = _flat_nonzero(rank < w)
-            table.index_put_(
-                (tail.index_select(0, fits) * w + rank.index_select(0, fits),),
-                graph.out_col.index_select(0, fits),
-            )
+            table_slot = tail.index_select(0, fits) * w + rank.index_select(0, fits)
+            table.index_put_((table_slot,), graph.out_col.index_select(0, fits))
+            eid_table.index_put_((table_slot,), graph.out_eid.index_select(0, fits))
         # int32 when every mark slot fits (half the bytes of the largest gather)
         self.slot_dtype = torch.int32 if max_slots < 2**31 else torch.int64
         self.heads = table.view(n + 1, w).to(self.slot_dtype)
+        # the original edge id of each table slot (-1 where empty)
+        self.edge_ids = eid_table.view(n + 1, w).to(
+            torch.int32 if graph.num_edges < 2**31 else torch.int64
+        )
         self.has_overflow = bool((out_degree > w).any())
         self.max_groups = max(1, mark_budget // (n + 1))
         # scratch, grown on demand: packed (row + 1, position) per (block, vertex), 0 = untouched;
@@ -561,14 +568,18 @@ class InducedExtractor:
                 lookup,
                 block_rows,
             )
-            inside = (code.view(count, w) >> 32) == row_plus_one[:, None]
+            # compare the high words (row + 1) in place, as int32: no shifted copy of the codes
+            high = code.view(torch.int32).view(count, w, 2)[:, :, _HIGH_WORD]
+            inside = high == row_plus_one.to(torch.int32)[:, None]
             kept = _flat_nonzero(inside.view(-1))
             # (tail, head) positions in F; the tail's is its entry, so no gather is needed
             edges = torch.empty((2, kept.numel()), dtype=torch.int64, device=device)
-            entry = _floor_div(kept, w, out=edges[0])
+            _floor_div(kept, w, out=edges[0])
             torch.bitwise_and(code.index_select(0, kept), _LOW32, out=edges[1])
-            base = graph.out_rowptr.index_select(0, vertex) - position * w
-            eid = graph.out_eid.index_select(0, kept + base.index_select(0, entry))
+            # edge ids: the entries' table rows, then the kept slots (cheaper than gathering
+            # CSR slots computed per kept edge)
+            eid = self.edge_ids.index_select(0, vertex).view(-1).index_select(0, kept)
+            eid = eid.to(torch.int64)
             parts = [(edges, eid, torch.searchsorted(kept, node_bounds * w))]
             if self.has_overflow:
                 parts.append(
@@ -757,13 +768,17 @@ class BulkSampler(ShadowSampler):
             out.extend(self._sample_group(roots[start : start + group], generator))
         return out
 
-    def _draw_offsets(self, degree: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Offsets ``[f, s]`` into each frontier vertex's CSR row and their validity mask."""
+    def _draw_offsets(
+        self, degree: Tensor, generator: torch.Generator, all_draw: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Offsets ``[s, f]`` into each frontier vertex's CSR row (slot-major, so each step of
+        Floyd's loop works on contiguous rows) and their validity mask, or None when
+        ``all_draw`` says every degree exceeds ``s`` (then every offset is valid)."""
         s = self.fanout
         device = degree.device
-        slots = torch.arange(s, device=device)
-        deg = degree[:, None]
-        u = torch.rand((degree.numel(), s), generator=generator, device=device, dtype=torch.float64)
+        slots = torch.arange(s, device=device)[:, None]
+        deg = degree[None, :]
+        u = torch.rand((s, degree.numel()), generator=generator, device=device, dtype=torch.float64)
         if self.replace:
             offsets = torch.minimum((u * deg).to(torch.int64), deg - 1)
         else:
@@ -772,8 +787,10 @@ class BulkSampler(ShadowSampler):
             top = deg - s + slots
             offsets = torch.minimum((u * (top + 1)).to(torch.int64), top)
             for i in range(1, s):
-                repeat = (offsets[:, :i] == offsets[:, i : i + 1]).any(1)
-                offsets[:, i] = torch.where(repeat, top[:, i], offsets[:, i])
+                repeat = (offsets[:i] == offsets[i]).any(0)
+                offsets[i] = torch.where(repeat, top[i], offsets[i])
+        if all_draw:
+            return offsets, None
         # rows with degree <= s take every neighbour
         offsets = torch.where(deg <= s, slots, offsets)
         return offsets, slots < deg
@@ -785,14 +802,17 @@ class BulkSampler(ShadowSampler):
         from the drawing entry unchanged; the sampler passes ``row * n``)."""
         g = self.graph
         degree = g.degree.index_select(0, vertex)
-        offsets, valid = self._draw_offsets(degree, generator)
-        position = (g.rowptr.index_select(0, vertex)[:, None] + offsets).view(-1)
-        if int(degree.min()) >= self.fanout:  # every vertex draws s: nothing to compact
-            new_key = row_key[:, None].expand(-1, self.fanout).reshape(-1)
+        all_draw = int(degree.min()) > self.fanout
+        offsets, valid = self._draw_offsets(degree, generator, all_draw)
+        # slot-major: flat position c belongs to frontier entry c % f
+        position = (g.rowptr.index_select(0, vertex)[None, :] + offsets).view(-1)
+        new_key = row_key.repeat(self.fanout)
+        if valid is None:  # nothing to compact
             return new_key, g.col.index_select(0, position)
         chosen = _flat_nonzero(valid.view(-1))
-        new_key = row_key.index_select(0, _floor_div(chosen, self.fanout))
-        return new_key, g.col.index_select(0, position.index_select(0, chosen))
+        return new_key.index_select(0, chosen), g.col.index_select(
+            0, position.index_select(0, chosen)
+        )
 
     def _expand_keys(
         self, row_key: Tensor, vertex: Tensor, generator: torch.Generator
