@@ -15,8 +15,9 @@ subgraph crosses events because no edge does.
 Samplers:
 
 * ``reference``: per-root numpy implementation, the ground truth for tests;
-* ``bulk``: the matrix-based sampler of the paper, ``k`` minibatches stacked into one problem, pure
-  torch (same code on CPU and CUDA), no Python loop over roots or vertices;
+* ``bulk``: the matrix-based sampler of the paper, ``k`` minibatches stacked into one problem, torch
+  tensor operations (same code on CPU and CUDA; on the CPU two primitives, ``nonzero`` and floor
+  division, run through numpy's faster kernels), no Python loop over roots or vertices;
 * ``pyg``: adapter to torch-sparse's ``ego_k_hop_sample_adj``, the kernel behind PyG's
   ``ShaDowKHopSampler`` (optional; its without-replacement draw is biased, pytorch_sparse#385).
 """
@@ -707,7 +708,7 @@ class InducedExtractor:
 
 
 class BulkSampler(ShadowSampler):
-    """Matrix-based ShaDow sampling of ``k`` minibatches at once (pure torch, CPU or CUDA).
+    """Matrix-based ShaDow sampling of ``k`` minibatches at once (tensor operations, CPU or CUDA).
 
     The ``k * b`` roots are the rows of ``Q`` (one nonzero each). Per level, the frontier is a list
     of (row, vertex) nonzeros; row ``i`` of ``Q A`` is the CSR row of its vertex, whose
@@ -715,7 +716,8 @@ class BulkSampler(ShadowSampler):
     positions are drawn for all rows at once, and each drawn vertex becomes a nonzero of the next
     ``Q`` (repeats kept). The touched matrix ``F`` collects every level's nonzeros as sorted
     ``row * n + vertex`` keys; the induced subgraphs come from row selection (out-edges of touched
-    vertices) and column selection (head also in the row of ``F``).
+    vertices) and column selection (head also in the row of ``F``), see
+    :class:`InducedExtractor`.
 
     ``draw`` chooses how the s positions of a row are drawn:
 
