@@ -456,12 +456,12 @@ class InducedExtractor:
     each candidate's row is a broadcast, not an expanded array; the few out-edges of vertices with
     more than ``width`` of them take a segment-expansion path.
 
-    Column selection is a gather from a scratch ``mark`` of ``groups`` slices of ``n + 1``: the
-    rows are cut into ``groups`` blocks of consecutive rows, and ``mark[g, w]`` holds
-    ``(row + 1, position in F)`` packed in one int64 when vertex ``w`` lies in one row of block
-    ``g``, so one gather and a compare decide. With one row per block (when ``n * rows`` fits the
-    scratch budget) that is the dense F itself; otherwise the few vertices in several rows of one
-    block are looked up in a hash index of those entries.
+    Column selection is a gather from a scratch ``mark`` of ``groups`` slices of ``n + 1``: each
+    row owns one slice, shared round-robin in the order of the rows' root ids, and
+    ``mark[g, w]`` holds ``(row + 1, position in F)`` packed in one int64 when vertex ``w`` lies
+    in one row of slice ``g``, so one gather and a compare decide. With one row per slice (when
+    ``n * rows`` fits the scratch budget) that is the dense F itself; otherwise the few vertices
+    in several rows of one slice are looked up in a hash index of those entries.
 
     Holds scratch state, so one extractor must not be used by two threads at once.
 
@@ -480,7 +480,6 @@ class InducedExtractor:
         self.graph = graph
         self.width = width if width is not None else _table_width(out_degree, graph.num_edges)
         w = self.width
-        max_slots = max(1, mark_budget // (n + 1)) * (n + 1)
         table = torch.full(((n + 1) * w,), n, dtype=torch.int64, device=device)
         eid_table = torch.full_like(table, -1)
         if graph.num_edges:
@@ -494,16 +493,16 @@ class InducedExtractor:
             table_slot = tail.index_select(0, fits) * w + rank.index_select(0, fits)
             table.index_put_((table_slot,), graph.out_col.index_select(0, fits))
             eid_table.index_put_((table_slot,), graph.out_eid.index_select(0, fits))
+        self.max_groups = max(1, mark_budget // (n + 1))
         # int32 when every mark slot fits (half the bytes of the largest gather)
-        self.slot_dtype = torch.int32 if max_slots < 2**31 else torch.int64
+        self.slot_dtype = torch.int32 if self.max_groups * (n + 1) < 2**31 else torch.int64
         self.heads = table.view(n + 1, w).to(self.slot_dtype)
         # the original edge id of each table slot (-1 where empty)
         self.edge_ids = eid_table.view(n + 1, w).to(
             torch.int32 if graph.num_edges < 2**31 else torch.int64
         )
         self.has_overflow = bool((out_degree > w).any())
-        self.max_groups = max(1, mark_budget // (n + 1))
-        # scratch, grown on demand: packed (row + 1, position) per (block, vertex), 0 = untouched;
+        # scratch, grown on demand: packed (row + 1, position) per (slice, vertex), 0 = untouched;
         # zero between calls
         self._mark = torch.zeros(0, dtype=torch.int64, device=device)
 
@@ -547,7 +546,7 @@ class InducedExtractor:
         # rows share mark slices round-robin in the order of their roots' ids, so the rows of
         # one slice have roots far apart (ids follow the detector geometry) and rarely overlap
         groups = min(num_rows, self.max_groups)
-        block_rows = -(-num_rows // groups)
+        slice_rows = -(-num_rows // groups)
         mark = self._scratch(groups)
         rank = torch.empty_like(roots)
         rank[torch.argsort(roots)] = torch.arange(num_rows, device=device)
@@ -558,7 +557,7 @@ class InducedExtractor:
         mark.index_put_((slot,), packed)
         try:
             lookup = self._index_collisions(
-                mark, slot, packed, row_in_slice.index_select(0, row), block_rows
+                mark, slot, packed, row_in_slice.index_select(0, row), slice_rows
             )
             # dense part: out-edge slots [0, width) of every entry, one [count, width] gather
             head = self.heads.index_select(0, vertex)
@@ -567,7 +566,7 @@ class InducedExtractor:
                 (head + entry_base.to(self.slot_dtype)[:, None]).view(-1),
                 lambda cand: row_in_slice.index_select(0, row.index_select(0, _floor_div(cand, w))),
                 lookup,
-                block_rows,
+                slice_rows,
             )
             # compare the high words (row + 1) in place, as int32: no shifted copy of the codes
             high = code.view(torch.int32).view(count, w, 2)[:, :, _HIGH_WORD]
@@ -589,7 +588,7 @@ class InducedExtractor:
                         vertex,
                         packed,
                         lookup,
-                        (row_base, row_in_slice, block_rows),
+                        (row_base, row_in_slice, slice_rows),
                         row_bounds,
                     )
                 )
@@ -626,24 +625,24 @@ class InducedExtractor:
 
     @staticmethod
     def _index_collisions(
-        mark: Tensor, slot: Tensor, packed: Tensor, in_slice: Tensor, block_rows: int
+        mark: Tensor, slot: Tensor, packed: Tensor, in_slice: Tensor, slice_rows: int
     ) -> tuple[_KeyIndex, Tensor] | None:
         """Mark vertices in several rows of one slice with -1 and index their entries.
 
         After the scatter of ``packed`` into ``mark[slot]``, an entry that does not read back its
         own value shares its slot with another (which one won is irrelevant, so this is
         deterministic on every device). Returns the hash index of the entries of shared slots
-        (key ``slot * block_rows + in_slice``, ``in_slice`` the entry's row's index among the
+        (key ``slot * slice_rows + in_slice``, ``in_slice`` the entry's row's index among the
         rows of its slice) and their packed values, or None.
         """
-        if block_rows == 1:  # a row never holds a vertex twice
+        if slice_rows == 1:  # a row never holds a vertex twice
             return None
         lost = _flat_nonzero(mark.index_select(0, slot) != packed)
         if lost.numel() == 0:
             return None
         mark.index_fill_(0, slot.index_select(0, lost), -1)
         shared = _flat_nonzero(mark.index_select(0, slot) < 0)
-        keys = slot.index_select(0, shared) * block_rows + in_slice.index_select(0, shared)
+        keys = slot.index_select(0, shared) * slice_rows + in_slice.index_select(0, shared)
         return _KeyIndex(keys), packed.index_select(0, shared)
 
     @staticmethod
@@ -652,7 +651,7 @@ class InducedExtractor:
         head_slot: Tensor,
         candidate_in_slice: Callable[[Tensor], Tensor],
         lookup: tuple[_KeyIndex, Tensor] | None,
-        block_rows: int,
+        slice_rows: int,
     ) -> Tensor:
         """Packed (row + 1, position) of each candidate's head in the candidate's row, or 0."""
         code = mark.index_select(0, head_slot)
@@ -661,7 +660,7 @@ class InducedExtractor:
         shared = _flat_nonzero(code < 0)
         if shared.numel():
             index, packed_of = lookup
-            query = head_slot.index_select(0, shared).to(torch.int64) * block_rows
+            query = head_slot.index_select(0, shared).to(torch.int64) * slice_rows
             query += candidate_in_slice(shared)
             found_at = index.lookup(query)
             code[shared] = torch.where(
@@ -687,14 +686,14 @@ class InducedExtractor:
         slot = _expand_segments(starts, counts, total, step=1)
         tail = _expand_segments(packed, counts, total, step=0)
         tail_row = (tail >> 32) - 1
-        row_base, row_in_slice, block_rows = slices
+        row_base, row_in_slice, slice_rows = slices
         head_slot = graph.out_col.index_select(0, slot) + row_base.index_select(0, tail_row)
         code = self._codes(
             mark,
             head_slot,
             lambda cand: row_in_slice.index_select(0, tail_row.index_select(0, cand)),
             lookup,
-            block_rows,
+            slice_rows,
         )
         kept = _flat_nonzero(((code ^ tail) >> 32) == 0)  # same row; never for code 0
         edges = torch.empty((2, kept.numel()), dtype=torch.int64, device=tail.device)
