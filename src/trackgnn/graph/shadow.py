@@ -436,14 +436,14 @@ def _table_width(out_degree: Tensor, num_edges: int) -> int:
     the overflow path (whose per-edge cost is several times a table slot's)."""
     if num_edges == 0:
         return 1
-    counts = torch.bincount(out_degree).cpu()
-    # edges beyond width w: sum over degrees d > w of (d - w) * count(d)
+    counts = torch.bincount(out_degree).cpu()  # counts[d]: vertices of out-degree d
     degrees = torch.arange(counts.numel())
-    for width in range(1, counts.numel()):
-        overflow = int(((degrees - width).clamp(min=0) * counts).sum())
-        if 16 * overflow <= num_edges:
-            return width
-    return max(1, counts.numel() - 1)
+    # edges beyond width w, for every w at once: sum over d > w of (d - w) * counts[d]
+    vertices_above = counts.flip(0).cumsum(0).flip(0) - counts
+    edges_above = (degrees * counts).flip(0).cumsum(0).flip(0) - degrees * counts
+    overflow = edges_above - degrees * vertices_above
+    fits = (16 * overflow <= num_edges).nonzero().squeeze(1)
+    return max(1, int(fits[fits >= 1][0]))
 
 
 class InducedExtractor:
