@@ -909,6 +909,9 @@ class PygSampler(ShadowSampler):
         super().__init__(graph, depth, fanout, batch_size, replace)
         self._op = op if op is not None else _load_ego_op()
         self.graph = graph.to("cpu")  # the kernel has a CPU implementation only
+        # built once: graphs with self-loops or repeated edges take their batch edges from the
+        # vertex sets (the extractor's tables cost O(E) to build)
+        self._extract = None if self.graph.simple else InducedExtractor(self.graph)
 
     def _convert(
         self,
@@ -933,7 +936,8 @@ class PygSampler(ShadowSampler):
         row = torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr[1:] - ptr[:-1])
         keys = row * g.num_nodes + n_id
         roots = n_id.index_select(0, root_n_id)
-        (batch,) = InducedExtractor(g)(keys, roots, roots.numel())
+        assert self._extract is not None  # built for every non-simple graph
+        (batch,) = self._extract(keys, roots, roots.numel())
         return batch.edge_index[0], batch.edge_index[1], batch.edge_ids
 
     def _sample(self, roots: Tensor, generator: torch.Generator) -> list[SubgraphBatch]:
