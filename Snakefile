@@ -46,13 +46,14 @@ rule all:
         f"{RUN}/report/summary.json",
 
 
+# Every path that reaches a shell line is quoted (":q"): results_dir may hold spaces or quotes.
 onstart:
-    shell(f"trackgnn runlog init --config {CONFIG} && trackgnn runlog start --config {CONFIG}")
+    shell("trackgnn runlog init --config {CONFIG:q} && trackgnn runlog start --config {CONFIG:q}")
 
 
 onsuccess:
-    shell(f"trackgnn runlog finish --config {CONFIG}")
+    shell("trackgnn runlog finish --config {CONFIG:q}")
 
 
 onerror:
-    shell(f"trackgnn runlog finish --status FAILED --config {CONFIG} || true")
+    shell("trackgnn runlog finish --status FAILED --config {CONFIG:q} || true")

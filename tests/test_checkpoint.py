@@ -65,16 +65,24 @@ def test_killed_training_resumes_from_the_last_epoch(tmp_path, capsys):
     assert all(torch.equal(final[k], expected[k]) for k in final)
 
 
-def test_more_epochs_continue_a_finished_training_and_other_settings_restart(tmp_path, capsys):
+def test_changed_epochs_or_settings_train_afresh_to_the_model_of_a_fresh_run(tmp_path, capsys):
     files = write_synthetic_events(tmp_path / "features", [1, 2], n_particles=20, n_noise=10)
+    fresh = tmp_path / "fresh" / "embedding.ckpt"
+    train_embedding(tiny_config(tmp_path, embedding={"epochs": 2}), files[:1], files[1:], fresh)
     ckpt = tmp_path / "models" / "embedding.ckpt"
     epochs_run = []
     record = lambda m, epoch: epochs_run.append(epoch)  # noqa: E731
     train_embedding(tiny_config(tmp_path, embedding={"epochs": 1}), files[:1], files[1:], ckpt)
+    capsys.readouterr()
+    # More epochs change the learning-rate schedule: the 1-epoch run is not continued, and the
+    # result is bit for bit the fresh 2-epoch model.
     train_embedding(
         tiny_config(tmp_path, embedding={"epochs": 2}), files[:1], files[1:], ckpt, log=record
     )
-    assert epochs_run == [1]
+    assert epochs_run == [0, 1]
+    assert "training from scratch" in capsys.readouterr().err
+    got, expected = weights(ckpt), weights(fresh)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
     # A different learning rate shapes other weights: the last checkpoint is not resumed.
     epochs_run.clear()
     capsys.readouterr()

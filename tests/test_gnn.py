@@ -151,16 +151,25 @@ def test_training_learns_toy_tracks(mode: str, graph_files: list[str], tmp_path:
     assert metrics["auc"] > 0.9, metrics
 
 
-def test_resume_continues_from_last_epoch(graph_files: list[str], tmp_path: Path) -> None:
+def test_more_epochs_after_a_shorter_run_give_the_model_of_a_fresh_run(
+    graph_files: list[str], tmp_path: Path
+) -> None:
+    """The same config gives the same model whether or not a shorter run left checkpoints.
+
+    The epoch count sets the one-cycle schedule, so continuing a 1-epoch training for a second
+    epoch gives other weights than a fresh 2-epoch training: the rerun must start afresh.
+    """
+    fresh = tmp_path / "fresh" / "gnn.ckpt"
+    two = small_cfg(tmp_path, mode="full", epochs=2)
+    train_gnn(two, graph_files[:2], graph_files[3:], fresh)
     ckpt = tmp_path / "gnn.ckpt"
     train_gnn(small_cfg(tmp_path, mode="full", epochs=1), graph_files[:2], graph_files[3:], ckpt)
-    ckpt.unlink()  # a job killed after epoch 1: only gnn-last.ckpt is left
-    trainer = train_gnn(
-        small_cfg(tmp_path, mode="full", epochs=2), graph_files[:2], graph_files[3:], ckpt
-    )
-    assert trainer.current_epoch == 2 and ckpt.exists()
-    # exactly one more epoch was trained: the optimizer stepped 2 x 2 events in total
-    assert trainer.global_step == 4
+    ckpt.unlink()  # only gnn-last.ckpt of the 1-epoch run is left
+    trainer = train_gnn(two, graph_files[:2], graph_files[3:], ckpt)
+    assert trainer.current_epoch == 2 and trainer.global_step == 4
+    expected = torch.load(fresh, weights_only=False)["state_dict"]
+    got = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 def test_changed_inputs_train_afresh(graph_files: list[str], tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -201,6 +202,27 @@ def _error_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
+def _first_non_finite(node: Any, path: str = "") -> tuple[str, float] | None:
+    """The key path and value of the first NaN or infinite number in a config tree, if any.
+
+    JSON Schema's ``minimum``/``maximum`` compare false against NaN, so the schema alone lets
+    ``.nan`` through (and ``.inf`` wherever there is no maximum).
+    """
+    if isinstance(node, float) and not math.isfinite(node):
+        return path, node
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return None
+    for key, value in items:
+        found = _first_non_finite(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def validate_config(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Fill defaults and validate; return the resolved dict or raise ConfigError naming the key."""
     if raw is None:
@@ -208,6 +230,10 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> dict[str, An
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys to values")
     resolved = _fill_defaults(copy.deepcopy(raw), schema())
+    non_finite = _first_non_finite(resolved)
+    if non_finite is not None:
+        key, value = non_finite
+        raise ConfigError(f"{source}: key '{key}': {value} is not a finite number")
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
     if errors:
@@ -217,6 +243,11 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> dict[str, An
             where = _error_path(err)
             key = ".".join([*([] if where == "<top level>" else [where]), extra[0]])
             raise ConfigError(f"{source}: unknown key '{key}'")
+        if err.validator == "pattern" and "description" in err.schema:
+            raise ConfigError(
+                f"{source}: key '{_error_path(err)}': {err.instance!r} is not allowed "
+                f"({err.schema['description']})"
+            )
         raise ConfigError(f"{source}: key '{_error_path(err)}': {err.message}")
     if resolved["data"]["source"] == "trackml" and not resolved["data"]["trackml_dir"]:
         raise ConfigError(

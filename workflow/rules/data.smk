@@ -8,6 +8,7 @@ if CFG.data.source == "simulate":
         params:
             simulate=CFG.section("simulate"),
             seed=CFG.seed,
+            output_dir=f"{RUN}/events",
         log:
             f"{RUN}/logs/simulate_event/event{{event}}.log",
         conda:
@@ -16,7 +17,7 @@ if CFG.data.source == "simulate":
             "trackgnn simulate --events 1 --first-event-id {wildcards.event} --seed {params.seed}"
             " --mu {params.simulate[mu]} --generator {params.simulate[generator]}"
             " --field {params.simulate[field]} --noise-fraction {params.simulate[noise_fraction]}"
-            " --output {RUN}/events 2> {log}"
+            " --output {params.output_dir:q} 2> {log:q}"
 
 
 rule features:
@@ -32,4 +33,4 @@ rule features:
     conda:
         CONDA_ENV
     shell:
-        "trackgnn features --event {params.prefix} --output {output.features} 2> {log}"
+        "trackgnn features --event {params.prefix:q} --output {output.features:q} 2> {log:q}"

@@ -23,8 +23,8 @@ rule train_gnn:
     conda:
         CONDA_ENV
     shell:
-        "{params.launcher} train gnn --config {CONFIG} --train {input.train} --val {input.val}"
-        " --output {output} > {log} 2>&1"
+        "{params.launcher} train gnn --config {CONFIG:q} --train {input.train:q}"
+        " --val {input.val:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule score_edges:
@@ -41,5 +41,5 @@ rule score_edges:
     conda:
         CONDA_ENV
     shell:
-        "trackgnn score-edges --config {CONFIG} --model {input.model} --inputs {input.graph}"
-        " --outputs {output.graph} 2> {log}"
+        "trackgnn score-edges --config {CONFIG:q} --model {input.model:q}"
+        " --inputs {input.graph:q} --outputs {output.graph:q} 2> {log:q}"

@@ -23,8 +23,8 @@ rule train_embedding:
     conda:
         CONDA_ENV
     shell:
-        "trackgnn train embedding --config {CONFIG} --train {input.train} --val {input.val}"
-        " --output {output} > {log} 2>&1"
+        "trackgnn train embedding --config {CONFIG:q} --train {input.train:q} --val {input.val:q}"
+        " --output {output:q} > {log:q} 2>&1"
 
 
 rule build_graph:
@@ -43,8 +43,8 @@ rule build_graph:
     conda:
         CONDA_ENV
     shell:
-        "trackgnn build-graph --config {CONFIG} --model {input.model} --inputs {input.features}"
-        " --outputs {output.graph} 2> {log}"
+        "trackgnn build-graph --config {CONFIG:q} --model {input.model:q}"
+        " --inputs {input.features:q} --outputs {output.graph:q} 2> {log:q}"
 
 
 rule train_filter:
@@ -64,8 +64,8 @@ rule train_filter:
     conda:
         CONDA_ENV
     shell:
-        "trackgnn train filter --config {CONFIG} --train {input.train} --val {input.val}"
-        " --output {output} > {log} 2>&1"
+        "trackgnn train filter --config {CONFIG:q} --train {input.train:q} --val {input.val:q}"
+        " --output {output:q} > {log:q} 2>&1"
 
 
 rule filter_graph:
@@ -85,5 +85,5 @@ rule filter_graph:
     conda:
         CONDA_ENV
     shell:
-        "trackgnn filter --config {CONFIG} --model {input.model} --inputs {input.graph}"
-        " --outputs {output.graph} 2> {log}"
+        "trackgnn filter --config {CONFIG:q} --model {input.model:q} --inputs {input.graph:q}"
+        " --outputs {output.graph:q} 2> {log:q}"

@@ -51,9 +51,9 @@ rule study_scaling_measure:
     conda:
         CONDA_ENV
     shell:
-        "{params.launcher} study scaling measure --config {CONFIG} --train {input.train}"
+        "{params.launcher} study scaling measure --config {CONFIG:q} --train {input.train:q}"
         " --sampler {wildcards.sampler} --scaling {wildcards.scaling}"
-        " --world-size {wildcards.world} --steps {params.steps} --output {output} > {log} 2>&1"
+        " --world-size {wildcards.world} --steps {params.steps} --output {output:q} > {log:q} 2>&1"
 
 
 rule scaling:
@@ -63,10 +63,12 @@ rule scaling:
         table=f"{RUN}/report/scaling/scaling.csv",
         rows=f"{RUN}/report/scaling/scaling.json",
         plots=expand(f"{RUN}/report/scaling/scaling_{{study}}.png", study=SCALINGS),
+    params:
+        report_dir=f"{RUN}/report/scaling",
     log:
         f"{RUN}/logs/study_scaling/report.log",
     conda:
         CONDA_ENV
     shell:
-        "trackgnn study scaling report --config {CONFIG} --inputs {input}"
-        " --output-dir {RUN}/report/scaling > {log} 2>&1 && cat {log}"
+        "trackgnn study scaling report --config {CONFIG:q} --inputs {input:q}"
+        " --output-dir {params.report_dir:q} > {log:q} 2>&1 && cat {log:q}"

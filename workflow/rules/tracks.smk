@@ -16,7 +16,8 @@ rule build_tracks:
     conda:
         CONDA_ENV
     shell:
-        "trackgnn build-tracks --config {CONFIG} --inputs {input} --outputs {output.tracks} 2> {log}"
+        "trackgnn build-tracks --config {CONFIG:q} --inputs {input:q} --outputs {output.tracks:q}"
+        " 2> {log:q}"
 
 
 rule evaluate:
@@ -31,10 +32,11 @@ rule evaluate:
     params:
         evaluation=CFG.section("evaluation"),
         events=CTX.event_ids("test"),
+        report_dir=f"{RUN}/report",
     log:
         f"{RUN}/logs/evaluate.log",
     conda:
         CONDA_ENV
     shell:
-        "trackgnn evaluate --config {CONFIG} --event-ids {params.events}"
-        " --output-dir {RUN}/report 2> {log}"
+        "trackgnn evaluate --config {CONFIG:q} --event-ids {params.events}"
+        " --output-dir {params.report_dir:q} 2> {log:q}"

@@ -6,11 +6,12 @@ Layout for a stage whose final checkpoint is ``models/<stage>.ckpt``:
 * ``models/<stage>.ckpt`` is written (atomically) only when training completes.
 
 A rerun of a killed training job resumes from ``<stage>-last.ckpt`` when it was written for the
-same model kind and the same *resume key* (a hash of everything that shapes training except the
-number of epochs, so a rerun with more epochs continues where the last one stopped; any other
-change starts afresh). Every checkpoint is a Lightning checkpoint whose ``hyper_parameters`` hold
-``model_kind``, ``model`` (the network's constructor arguments) and ``resume_key``. Loading a
-corrupted, truncated or mismatched file raises a one-line :class:`CheckpointError` naming it.
+same model kind and the same *resume key* (a hash of everything that shapes training, the number
+of epochs included: it sets the learning-rate schedule, so continuing a shorter training would
+give other weights than a fresh one; any change starts afresh). Every checkpoint is a Lightning
+checkpoint whose ``hyper_parameters`` hold ``model_kind``, ``model`` (the network's constructor
+arguments) and ``resume_key``. Loading a corrupted, truncated or mismatched file raises a
+one-line :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations

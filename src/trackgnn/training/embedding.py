@@ -274,9 +274,10 @@ def train_embedding(
         "chunk_size": cfg.graph.chunk_size,
         "backend": cfg.graph.backend,
     }
-    # Everything that shapes the trained weights except the epoch count (validation-only
-    # graph settings excluded): a rerun with the same key continues the interrupted training.
-    validation_only = ("radius", "k_max", "chunk_size", "eval_signal_pt", "total_steps")
+    # Everything that shapes the trained weights, the epoch count included (through
+    # total_steps: it sets the one-cycle schedule), validation-only graph settings excluded:
+    # a rerun with the same key continues the interrupted training.
+    validation_only = ("radius", "k_max", "chunk_size", "eval_signal_pt")
     shaping = {k: v for k, v in train.items() if k not in validation_only}
     files = input_fingerprint(train_set.files)
     key = resume_key("embedding", model, shaping, cfg.seed, files)

@@ -199,7 +199,10 @@ def train_filter(
         "signal_pt": cfg.evaluation.signal_pt,
         "min_hits": cfg.evaluation.min_hits,
     }
+    # The epoch count is part of it: it sets the one-cycle schedule's length, so a 40-epoch
+    # training must not continue a 2-epoch one.
     shaping = {
+        "epochs": flt.epochs,
         "lr": flt.lr,
         "negative_ratio": flt.negative_ratio,
         "batch_edges": flt.batch_edges,

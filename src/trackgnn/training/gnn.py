@@ -392,7 +392,8 @@ def train_gnn(
         "checkpointing": g.checkpointing,
     }
     key = resume_key(
-        {k: v for k, v in cfg.section("gnn").items() if k not in ("epochs", "dist_timeout_s")},
+        # every setting but the rank time-out, epochs included (they set the LR schedule)
+        {k: v for k, v in cfg.section("gnn").items() if k != "dist_timeout_s"},
         cfg.seed,
         input_fingerprint(train_files),
     )
