@@ -44,10 +44,37 @@ rule all:
     default_target: True
     input:
         f"{RUN}/report/summary.json",
+        # Every intermediate output too: one that was deleted, or lost when a rerun was
+        # interrupted, is made again (and what reads it follows, being older), instead of
+        # "Nothing to be done" over a stale report.
+        expand(f"{RUN}/models/{{model}}.ckpt", model=("embedding", "filter", "gnn")),
+        split_files("features", "all"),
+        split_files("graph", "all"),
+        split_files("filter", "all"),
+        split_files("gnn", "test"),
+        split_files("tracks", "test", "csv"),
 
 
 # Every path that reaches a shell line is quoted (":q"): results_dir may hold spaces or quotes.
+def check_local_cuda():
+    """Jobs that run on this machine need its GPU: fail before the first job, naming the config.
+
+    Checked at start, not while parsing: only then is the executor known, and a cluster's
+    login node plans GPU jobs without having a GPU.
+    """
+    if CFG.device != "cuda" or not workflow.local_exec:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WorkflowError(
+            f"{', '.join(map(str, workflow.configfiles))}: key 'device': 'cuda' requested but "
+            "torch sees no CUDA device on this machine (use cpu or auto)"
+        )
+
+
 onstart:
+    check_local_cuda()
     shell("trackgnn runlog init --config {CONFIG:q} && trackgnn runlog start --config {CONFIG:q}")
 
 

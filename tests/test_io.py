@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,37 +127,50 @@ BAD_INPUTS = {
         lambda d: _edit_csv(
             d / "event000001000-hits.csv", lambda f: f.assign(layer_id=f.layer_id.astype(str) + "a")
         ),
-        "hits.csv: column layer_id must be integer (int32); row 0",
+        "hits.csv: column layer_id must be integer (int32); line 2 has '2a'",
     ),
     "nan coordinate": (
         lambda d: _edit_csv(
             d / "event000001000-hits.csv", lambda f: f.assign(x=f.x.where(f.hit_id != 3, np.nan))
         ),
-        "hits.csv: column x row 2 is nan (not finite)",
+        "hits.csv: column x line 4 has nan (not finite)",
     ),
     "infinite coordinate": (
         lambda d: _edit_csv(
             d / "event000001000-hits.csv", lambda f: f.assign(y=f.y.where(f.hit_id != 2, np.inf))
         ),
-        "hits.csv: column y row 1 is inf (not finite)",
+        "hits.csv: column y line 3 has inf (not finite)",
     ),
     "duplicate hit id": (
         lambda d: _edit_csv(
             d / "event000001000-hits.csv", lambda f: f.assign(hit_id=f.hit_id.replace(5, 4))
         ),
-        "hits.csv: duplicate hit_id 4 at row 4",
+        "hits.csv: line 6: duplicate hit_id 4",
     ),
     "truth hit unknown": (
         lambda d: _edit_csv(
             d / "event000001000-truth.csv", lambda f: f.assign(hit_id=f.hit_id.replace(6, 99))
         ),
-        "truth.csv: row 5: hit_id 99 is not in the hits file",
+        "truth.csv: line 7: hit_id 99 is not in the hits file",
     ),
     "cells hit unknown": (
         lambda d: _edit_csv(
             d / "event000001000-cells.csv", lambda f: f.assign(hit_id=f.hit_id.replace(2, 77))
         ),
-        "cells.csv: row 2: hit_id 77 is not in the hits file",
+        "cells.csv: line 4: hit_id 77 is not in the hits file",
+    ),
+    "coordinate beyond float32": (
+        lambda d: _edit_csv(
+            d / "event000001000-hits.csv",
+            lambda f: f.assign(
+                x=[1e300 if h == 2 else x for h, x in zip(f.hit_id, f.x, strict=True)]
+            ),
+        ),
+        "hits.csv: column x line 3 has 1e+300, outside the float32 range",
+    ),
+    "directory as hits file": (
+        lambda d: _replace_by_directory(d / "event000001000-hits.csv"),
+        "hits.csv: is a directory, not a CSV file",
     ),
     "empty event": (
         lambda d: _edit_csv(d / "event000001000-hits.csv", lambda f: f.iloc[:0]),
@@ -169,6 +183,11 @@ BAD_INPUTS = {
 }
 
 
+def _replace_by_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
 def _truncate_gzip(path: Path) -> None:
     data = gzip.compress(path.read_bytes())
     path.unlink()
@@ -179,7 +198,8 @@ def _truncate_gzip(path: Path) -> None:
 def test_bad_input_reader_error(event_dir: Path, case: str) -> None:
     corrupt, message = BAD_INPUTS[case]
     corrupt(event_dir)
-    with pytest.raises(InputError) as info:
+    with warnings.catch_warnings(), pytest.raises(InputError) as info:
+        warnings.simplefilter("error")  # the one line is all the user sees: no warning first
         read_event(event_dir / "event000001000")
     assert message in str(info.value)
     assert "\n" not in str(info.value)

@@ -48,11 +48,25 @@ _fraction = _number_type(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _load_config(args: argparse.Namespace) -> Any:
-    from trackgnn.config import config_from_dict, load_config
+    """The typed config of ``--config`` (or the defaults), its device checked when it is cuda.
 
-    if getattr(args, "config", None):
-        return load_config(args.config)
-    return config_from_dict({}, "default config")
+    A config asking for CUDA on a machine without it fails here, naming the file, before any
+    work; ``auto`` falls back to the CPU.
+    """
+    from trackgnn.config import config_from_dict, load_config
+    from trackgnn.errors import ConfigError
+
+    source = getattr(args, "config", None)
+    cfg = load_config(source) if source else config_from_dict({}, "default config")
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{source}: key 'device': 'cuda' requested but torch sees no CUDA device "
+                "(use cpu or auto)"
+            )
+    return cfg
 
 
 @contextlib.contextmanager
@@ -114,7 +128,7 @@ def cmd_features(args: argparse.Namespace) -> None:
     from trackgnn.features import run_features
 
     with _timed(args.output) as figures:
-        features = run_features(args.event, args.output)
+        features = run_features(args.event, args.output, require_truth=args.require_truth)
         figures["n_hits"] = len(features["hit_id"])
         figures["n_truth_edges"] = features["truth_edges"].shape[1]
     log.info("features: %s -> %s", figures, args.output)
@@ -139,6 +153,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         train_gnn(cfg, args.train, args.val, args.output)
 
 
+def _pairs(stage: str, inputs: Sequence[str], outputs: Sequence[str]) -> list[tuple[str, str]]:
+    """(input, output) pairs of a per-event command; unequal counts fail before any work."""
+    if len(inputs) != len(outputs):
+        raise TrackGNNError(
+            f"{stage}: {len(inputs)} input file(s) but {len(outputs)} output file(s)"
+        )
+    return list(zip(inputs, outputs, strict=True))
+
+
 def _per_event(
     args: argparse.Namespace,
     stage: str,
@@ -146,14 +169,11 @@ def _per_event(
     fn: Callable[..., dict[str, Any]],
 ) -> None:
     """Run a per-event inference stage over pairs of (input, output) files as one MLflow run."""
+    pairs = _pairs(stage, args.inputs, args.outputs)
     cfg = _load_config(args)
     _apply_threads(cfg)
-    if len(args.inputs) != len(args.outputs):
-        raise TrackGNNError(
-            f"{stage}: {len(args.inputs)} input file(s) but {len(args.outputs)} output file(s)"
-        )
     with _stage_run(cfg, stage, section) as run:
-        for step, (inp, out) in enumerate(zip(args.inputs, args.outputs, strict=True)):
+        for step, (inp, out) in enumerate(pairs):
             with _timed(out) as metrics:
                 metrics.update(fn(cfg, args.model, inp, out))
             run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step)
@@ -180,9 +200,10 @@ def cmd_score_edges(args: argparse.Namespace) -> None:
 def cmd_build_tracks(args: argparse.Namespace) -> None:
     from trackgnn.tracks import run_build_tracks
 
+    pairs = _pairs("build_tracks", args.inputs, args.outputs)
     cfg = _load_config(args)
     with _stage_run(cfg, "build_tracks", "tracks") as run:
-        for step, (inp, out) in enumerate(zip(args.inputs, args.outputs, strict=True)):
+        for step, (inp, out) in enumerate(pairs):
             with _timed(out) as metrics:
                 metrics.update(run_build_tracks(cfg, inp, out))
             run.log_metrics(metrics, step)
@@ -254,7 +275,13 @@ def cmd_runlog(args: argparse.Namespace) -> None:
         import json
 
         summary_path = cfg.run_dir / "report" / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        # After a success the report is up to date (Snakemake made it so). After a failure only
+        # a report written during this execution is this execution's: an older one is not.
+        current = summary_path.exists()
+        if current and args.status == "FAILED":
+            started = (runlog.read_marker(marker) or {}).get("started_at")
+            current = isinstance(started, int | float) and (summary_path.stat().st_mtime >= started)
+        summary = json.loads(summary_path.read_text()) if current else {}
         artifacts = sorted((cfg.run_dir / "report").glob("*")) if summary else []
         runlog.finish_pipeline_run(marker, summary, artifacts, status=args.status)
         if summary:
@@ -308,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="per-hit features and truth graph of one event")
     p.add_argument("--event", required=True, help="event prefix, e.g. DIR/event000001000")
     p.add_argument("--output", type=Path, required=True, help="output tensor file (.pt)")
+    p.add_argument(
+        "--require-truth",
+        action="store_true",
+        help="fail if the truth or particles file is missing (events to train or evaluate on)",
+    )
     p.set_defaults(func=cmd_features)
 
     p = with_config(sub.add_parser("train", help="train a model: embedding, filter or gnn"))

@@ -11,13 +11,21 @@ class TrackGNNError(Exception):
     """
 
 
-class InputError(TrackGNNError):
-    """A bad input file: missing, truncated, wrong columns, dtypes or values."""
+class PathError(TrackGNNError):
+    """An error about one file: the message is ``<path>: <problem>``."""
 
     def __init__(self, path: object, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class InputError(PathError):
+    """A bad input file: missing, truncated, wrong columns, dtypes or values."""
+
+
+class OutputError(PathError):
+    """An output path that cannot be written (its parent is a file, no permission, ...)."""
 
 
 class ConfigError(TrackGNNError):

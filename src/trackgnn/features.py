@@ -178,8 +178,14 @@ def build_features(event: Event) -> dict[str, object]:
     }
 
 
-def run_features(event_prefix: str | Path, output: str | Path) -> dict[str, object]:
-    """Read a TrackML event, build its features and save them atomically to ``output``."""
-    features = build_features(read_event(event_prefix))
+def run_features(
+    event_prefix: str | Path, output: str | Path, require_truth: bool = False
+) -> dict[str, object]:
+    """Read a TrackML event, build its features and save them atomically to ``output``.
+
+    ``require_truth``: the event's truth and particles files must exist (a run that trains or
+    evaluates on it); without them the features carry no truth graph.
+    """
+    features = build_features(read_event(event_prefix, require_truth=require_truth))
     save_tensors(features, output)
     return features

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trackgnn.atomic import atomic_path
+from trackgnn.atomic import atomic_path, atomic_paths
 from trackgnn.errors import InputError
 
 HITS_DTYPES: dict[str, str] = {
@@ -78,12 +79,6 @@ FILE_DTYPES: dict[str, dict[str, str]] = {
     "particles": PARTICLES_DTYPES,
     "truth": TRUTH_DTYPES,
 }
-_FLOAT_COLUMNS = {
-    "hits": ("x", "y", "z"),
-    "cells": ("value",),
-    "particles": ("vx", "vy", "vz", "px", "py", "pz"),
-    "truth": ("tx", "ty", "tz", "tpx", "tpy", "tpz", "weight"),
-}
 _EVENT_RE = re.compile(r"^event(\d{9})$")
 
 
@@ -135,6 +130,8 @@ def list_event_ids(directory: str | Path) -> list[int]:
 
 def _read_csv(path: Path, dtypes: dict[str, str], drop_index: bool = False) -> pd.DataFrame:
     """Read a CSV (plain or gzip) and coerce it to ``dtypes``, raising InputError on any problem."""
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a CSV file")
     try:
         frame = pd.read_csv(path, compression="infer", low_memory=False)
     except FileNotFoundError:
@@ -163,7 +160,8 @@ def _read_csv(path: Path, dtypes: dict[str, str], drop_index: bool = False) -> p
                 bad = _first_bad_row(series, integer=True)
                 raise InputError(
                     path,
-                    f"column {column} must be integer ({dtype}); row {bad} is {series.iloc[bad]!r}",
+                    f"column {column} must be integer ({dtype}); line {_line(bad)} has "
+                    f"{_cell(series.iloc[bad])}",
                 )
         elif not pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(
             series.dtype
@@ -171,7 +169,8 @@ def _read_csv(path: Path, dtypes: dict[str, str], drop_index: bool = False) -> p
             bad = _first_bad_row(series, integer=False)
             raise InputError(
                 path,
-                f"column {column} must be numeric ({dtype}); row {bad} is {series.iloc[bad]!r}",
+                f"column {column} must be numeric ({dtype}); line {_line(bad)} has "
+                f"{_cell(series.iloc[bad])}",
             )
         info = np.iinfo(dtype) if want_int else None
         if (
@@ -180,8 +179,29 @@ def _read_csv(path: Path, dtypes: dict[str, str], drop_index: bool = False) -> p
             and (series.min() < info.min or series.max() > info.max)
         ):
             raise InputError(path, f"column {column} has values outside the {dtype} range")
+        if not want_int:
+            _check_finite(path, frame, (column,))
+            too_large = np.abs(series.to_numpy(np.float64)) > np.finfo(dtype).max
+            if too_large.any():
+                row = int(np.flatnonzero(too_large)[0])
+                raise InputError(
+                    path,
+                    f"column {column} line {_line(row)} has {_cell(series.iloc[row])}, "
+                    f"outside the {dtype} range",
+                )
         frame[column] = series.astype(dtype)
     return frame
+
+
+def _cell(value: Any) -> str:
+    """A CSV value as the user wrote it: text quoted, numbers plain (no numpy type names)."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _line(row: int) -> int:
+    """The 1-based line of a CSV file that holds 0-based data row ``row`` (the header is line 1),
+    as editors and ``head -n`` count."""
+    return row + 2
 
 
 def _first_bad_row(series: pd.Series, integer: bool) -> int:
@@ -200,7 +220,9 @@ def _check_finite(path: Path, frame: pd.DataFrame, columns: tuple[str, ...]) -> 
         bad = ~np.isfinite(values)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise InputError(path, f"column {column} row {row} is {values[row]} (not finite)")
+            raise InputError(
+                path, f"column {column} line {_line(row)} has {values[row]} (not finite)"
+            )
 
 
 def read_event(prefix: str | Path, require_truth: bool = False) -> Event:
@@ -223,9 +245,7 @@ def read_event(prefix: str | Path, require_truth: bool = False) -> Event:
                 raise InputError(f"{prefix}-{kind}.csv", "file does not exist (nor .csv.gz)")
             frames[kind] = None
             continue
-        frame = _read_csv(path, dtypes)
-        _check_finite(path, frame, _FLOAT_COLUMNS[kind])
-        frames[kind] = frame
+        frames[kind] = _read_csv(path, dtypes)
 
     hits = frames["hits"]
     assert hits is not None
@@ -235,7 +255,9 @@ def read_event(prefix: str | Path, require_truth: bool = False) -> Event:
     duplicated = hits["hit_id"].duplicated().to_numpy()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated)[0])
-        raise InputError(hits_path, f"duplicate hit_id {hits['hit_id'].iloc[row]} at row {row}")
+        raise InputError(
+            hits_path, f"line {_line(row)}: duplicate hit_id {hits['hit_id'].iloc[row]}"
+        )
     known = hits["hit_id"].to_numpy()
     for kind in ("truth", "cells"):
         frame = frames[kind]
@@ -246,7 +268,7 @@ def read_event(prefix: str | Path, require_truth: bool = False) -> Event:
             row = int(np.flatnonzero(unknown)[0])
             raise InputError(
                 find_event_file(prefix, kind),
-                f"row {row}: hit_id {frame['hit_id'].iloc[row]} is not in the hits file",
+                f"line {_line(row)}: hit_id {frame['hit_id'].iloc[row]} is not in the hits file",
             )
     truth = frames["truth"]
     if truth is not None:
@@ -255,29 +277,35 @@ def read_event(prefix: str | Path, require_truth: bool = False) -> Event:
             row = int(np.flatnonzero(dup)[0])
             raise InputError(
                 find_event_file(prefix, "truth"),
-                f"row {row}: hit_id {truth['hit_id'].iloc[row]} appears twice",
+                f"line {_line(row)}: hit_id {truth['hit_id'].iloc[row]} appears twice",
             )
     particles = frames["particles"]
     if particles is not None and particles["particle_id"].duplicated().any():
         row = int(np.flatnonzero(particles["particle_id"].duplicated().to_numpy())[0])
-        raise InputError(find_event_file(prefix, "particles"), f"row {row}: duplicate particle_id")
+        raise InputError(
+            find_event_file(prefix, "particles"), f"line {_line(row)}: duplicate particle_id"
+        )
     return Event(event_id, hits, frames["cells"], particles, truth)
 
 
 def write_event(event: Event, prefix: str | Path, compress: bool = False) -> list[Path]:
-    """Write the event's present tables as TrackML CSVs, each atomically; return the paths."""
+    """Write the event's present tables as TrackML CSVs; return the paths.
+
+    The files appear together or the event does not appear: every table is written under a
+    temporary name first, then they are renamed with the hits file last. Readers find events by
+    their hits file (:func:`list_event_ids`), so a writer killed at any point never leaves an
+    event that looks whole.
+    """
     suffix = ".csv.gz" if compress else ".csv"
-    written = []
-    for kind, dtypes in FILE_DTYPES.items():
-        frame = getattr(event, kind)
-        if frame is None:
-            continue
-        path = Path(f"{prefix}-{kind}{suffix}")
-        with atomic_path(path) as tmp:
+    kinds = [kind for kind in FILE_DTYPES if getattr(event, kind) is not None]
+    kinds = [kind for kind in kinds if kind != "hits"] + ["hits"]
+    paths = [Path(f"{prefix}-{kind}{suffix}") for kind in kinds]
+    with atomic_paths(paths) as temporaries:  # renamed in this order, hits last
+        for kind, tmp in zip(kinds, temporaries, strict=True):
             # Fixed float format so the same event always gives the same bytes.
-            frame[list(dtypes)].to_csv(tmp, index=False, float_format="%.7g")
-        written.append(path)
-    return written
+            frame = getattr(event, kind)
+            frame[list(FILE_DTYPES[kind])].to_csv(tmp, index=False, float_format="%.7g")
+    return paths
 
 
 def default_detectors_path() -> Path:
@@ -291,7 +319,6 @@ def read_detectors(path: str | Path | None = None) -> pd.DataFrame:
     frame = _read_csv(path, DETECTORS_DTYPES, drop_index=True)
     if len(frame) == 0:
         raise InputError(path, "no modules")
-    _check_finite(path, frame, tuple(c for c, d in DETECTORS_DTYPES.items() if d == "float64"))
     if frame[["volume_id", "layer_id", "module_id"]].duplicated().any():
         raise InputError(path, "duplicate (volume_id, layer_id, module_id)")
     return frame
@@ -301,8 +328,10 @@ def save_tensors(tensors: dict[str, Any], path: str | Path) -> None:
     """Save a plain dict of tensors (and scalars/strings) atomically with ``torch.save``."""
     import torch  # imported here: reading CSVs (simulate, features) should not pay for torch
 
-    with atomic_path(path) as tmp:
-        torch.save(tensors, tmp)
+    with atomic_path(path) as tmp, tmp.open("wb") as stream:
+        # Through a stream: given a path, torch names the zip archive's folder after the (random)
+        # temporary file, and the same tensors would not give the same bytes.
+        torch.save(tensors, stream)
 
 
 def load_tensors(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -312,8 +341,12 @@ def load_tensors(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, 
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file does not exist")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not a tensor file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated/corrupt files
         raise InputError(path, f"not a readable tensor file ({type(err).__name__})") from None
     if not isinstance(data, dict):
@@ -321,4 +354,7 @@ def load_tensors(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, 
     missing = [key for key in required if key not in data]
     if missing:
         raise InputError(path, f"missing key(s) {', '.join(missing)}")
+    for key, value in data.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
+            raise InputError(path, f"tensor {key!r} holds NaN or infinite values")
     return data

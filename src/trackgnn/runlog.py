@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -624,6 +625,8 @@ def start_pipeline_run(
             "experiment": experiment,
             "experiment_id": run.experiment_id,
             "config_hash": digest,
+            # wall-clock start, so that a failed execution can tell its own report from an older one
+            "started_at": time.time(),
         },
     )
     return run.run_id
@@ -890,22 +893,41 @@ def ui(
 ) -> int:
     """Run the MLflow UI on ``host:port`` against the project's store until interrupted.
 
-    Returns the server's exit status (0 after Ctrl-C).
+    Returns the server's exit status (0 after Ctrl-C or SIGTERM). Stopping this process with
+    SIGINT or SIGTERM stops the server it started (its own process group: the server's workers
+    go with it), so no orphan keeps holding the port.
     """
     command = ui_command(host, port, uri, results_dir)
     uri = command[command.index("--backend-store-uri") + 1]
     init_store(uri, experiment)
     print(f"MLflow UI on http://{host}:{port} (store {_redact(uri)}); Ctrl-C stops it", flush=True)
-    process = subprocess.Popen(command, env=mlflow_env())
+    process = subprocess.Popen(command, env=mlflow_env(), start_new_session=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         return process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        if process.poll() is None:
-            process.kill()
+        _stop_process_group(process)
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:  # any other way out of the wait
+            _stop_process_group(process)
+
+
+def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process's group, then SIGKILL what is left after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,4 +33,5 @@ rule features:
     conda:
         CONDA_ENV
     shell:
-        "trackgnn features --event {params.prefix:q} --output {output.features:q} 2> {log:q}"
+        "trackgnn features --event {params.prefix:q} --output {output.features:q}"
+        " --require-truth 2> {log:q}"

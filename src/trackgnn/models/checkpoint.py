@@ -7,6 +7,7 @@ track building) start fast; training code imports these from here too.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ def read_checkpoint(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated or corrupt archives
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupt: {type(err).__name__})"

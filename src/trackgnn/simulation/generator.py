@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trackgnn.atomic import ensure_directory
 from trackgnn.errors import TrackGNNError
 from trackgnn.geometry import Detector
 from trackgnn.io import Event, event_prefix, write_event
@@ -443,8 +444,8 @@ def simulate_events(
     if first_event_id + n_events - 1 > _MAX_EVENT_ID:
         raise TrackGNNError(f"first event id: ids must stay below {_MAX_EVENT_ID + 1} (9 digits)")
     _validate(first_event_id, mu, seed, generator, field, noise_fraction)
+    output_dir = ensure_directory(output_dir)  # fails before any simulation work
     detector = Detector.load() if detector is None else detector
-    output_dir = Path(output_dir)
     all_timings = []
     for i in range(n_events):
         event_id = first_event_id + i
