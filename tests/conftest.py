@@ -95,3 +95,22 @@ def toy_graph(seed: int, n_tracks: int = 24, hits: int = 8, n_fake: int = 300) -
     y = track[edge_index[0]] == track[edge_index[1]]
     x = torch.stack([r / 1000, phi / torch.pi, z / 1000, eta / 4], 1)
     return {"x": x, "r": r, "phi": phi, "z": z, "eta": eta, "edge_index": edge_index, "y_pid": y}
+
+
+def one_line_error(output: str, prefix: str) -> str:
+    """The error line starting with ``prefix``; fails on a traceback or a missing line."""
+    assert "Traceback" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, output[-3000:]
+    return lines[0]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trackgnn.cli", *args],
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

@@ -32,7 +32,7 @@ import yaml
 
 from trackgnn.io import load_tensors, save_tensors
 
-from .conftest import SMOKE, snakemake, tool_env, toy_graph, write_config
+from .conftest import SMOKE, cli, one_line_error, snakemake, tool_env, toy_graph, write_config
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
@@ -236,25 +236,6 @@ def test_dead_rank_fails_the_job_quickly_and_the_rerun_resumes(tmp_path, graphs)
 # ----------------------------------------------------------------------------- bad input
 
 
-def one_line_error(output: str, prefix: str) -> str:
-    """The error line starting with ``prefix``; fails on a traceback or a missing line."""
-    assert "Traceback" not in output, output[-3000:]
-    lines = [line for line in output.splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1, output[-3000:]
-    return lines[0]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trackgnn.cli", *args],
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 def test_config_failing_the_schema_is_one_line(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", {"gnn": {"hidden": -3}})
     result = cli("check-config", "--config", str(bad))
@@ -310,4 +291,4 @@ def test_cuda_config_without_a_gpu_is_one_line(tmp_path, graphs):
     result = cli(*train_args(config, graphs, tmp_path / "gnn.ckpt"))
     assert result.returncode == 2
     line = one_line_error(result.stderr, "trackgnn train: error:")
-    assert "cuda" in line and "no CUDA device" in line
+    assert f"{config}: key 'device': 'cuda'" in line and "no CUDA device" in line
