@@ -63,7 +63,7 @@ class GraphConfig:
     radius: float
     k_max: int
     chunk_size: int
-    backend: Literal["faiss", "torch"]
+    backend: Literal["auto", "kdtree", "faiss", "torch"]
 
 
 @dataclass(frozen=True)
