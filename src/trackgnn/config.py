@@ -127,6 +127,13 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class ReconstructConfig:
+    models: str | None
+    events: str | None
+    ids: list[int | str] | None
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str | None
     experiment: str
@@ -147,6 +154,7 @@ class Config:
     gnn: GNNConfig
     tracks: TracksConfig
     evaluation: EvaluationConfig
+    reconstruct: ReconstructConfig
     mlflow: MlflowConfig
 
     @property
@@ -233,6 +241,7 @@ _SECTION_TYPES: dict[str, type] = {
     "filter": FilterConfig,
     "tracks": TracksConfig,
     "evaluation": EvaluationConfig,
+    "reconstruct": ReconstructConfig,
     "mlflow": MlflowConfig,
 }
 
