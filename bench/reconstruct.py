@@ -24,6 +24,7 @@ log time on log hits over all events) and the lowest recalls.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trackgnn.config import Config
+from trackgnn.config import Config, config_from_dict
 from trackgnn.features import build_features
 from trackgnn.graph.construction import evaluation_cuts, signal_hits
 from trackgnn.graph.radius import radius_graph, resolve_backend
@@ -109,6 +110,13 @@ def reconstruct_mu(task: dict[str, Any]) -> list[dict[str, Any]]:
     """In a fresh process: load the models, reconstruct the events, compare the searches."""
     set_threads(task["threads"])
     cfg = reconstruct_config(task["models"], task["config"])
+    # Neither the search backend (every backend is exact) nor the filter's chunk size (tile-padded
+    # chunks) changes the result; a training run's resolved config pins its own.
+    cfg = dataclasses.replace(
+        cfg,
+        graph=dataclasses.replace(cfg.graph, backend=task["backend"]),
+        filter=dataclasses.replace(cfg.filter, chunk_edges=task["chunk_edges"]),
+    )
     models = load_models(task["models"], resolve_device(cfg.device))
     records = []
     for i, event_id in enumerate(task["event_ids"]):
@@ -190,6 +198,16 @@ def main(argv: list[str] | None = None) -> int:
         "--compare-events", type=int, default=1, help="events per mu timed with the flat search"
     )
     parser.add_argument("--threads", type=int, default=2)
+    defaults = config_from_dict({}, "defaults")
+    parser.add_argument(
+        "--backend", default=defaults.graph.backend, help="radius search (overrides the config)"
+    )
+    parser.add_argument(
+        "--chunk-edges",
+        type=int,
+        default=defaults.filter.chunk_edges,
+        help="filter inference chunk (overrides the config)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="mu 20 and 200, one event each")
     args = parser.parse_args(argv)
@@ -216,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                 "models": str(args.models),
                 "config": None if args.config is None else str(args.config),
                 "threads": args.threads,
+                "backend": args.backend,
+                "chunk_edges": args.chunk_edges,
                 "compare_events": args.compare_events,
             }
             mu_records = in_fresh_process(reconstruct_mu, task)
@@ -251,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in totals),
         "threads": args.threads,
+        "backend": args.backend,
+        "chunk_edges": args.chunk_edges,
         "events_per_mu": args.events,
         "models": str(args.models),
     }
