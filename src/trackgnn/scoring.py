@@ -24,6 +24,9 @@ from trackgnn.models.edges import hit_edge_features
 from trackgnn.models.interaction_gnn import InteractionGNN
 
 KIND = "gnn"
+#: Edges per chunk of the GNN's per-edge MLPs at inference (cache-sized on the CPU; the scores
+#: do not depend on it).
+INFERENCE_EDGE_CHUNK = 32768
 GRAPH_KEYS = ("x", "edge_index", "r", "phi", "z", "eta")
 
 
@@ -101,7 +104,7 @@ def gnn_logits(model: InteractionGNN, data: dict[str, Any], path: str | Path) ->
     device = next(model.parameters()).device
     graph = event_graph(data, path).to(device)
     with torch.inference_mode():
-        return model(graph.x, graph.edge_attr, graph.edge_index)
+        return model(graph.x, graph.edge_attr, graph.edge_index, INFERENCE_EDGE_CHUNK)
 
 
 def score_edges(
