@@ -3,6 +3,8 @@
 #   snakemake --configfile config/smoke.yaml
 #   snakemake --profile perlmutter --configfile config/mu200.yaml   NERSC Perlmutter (SLURM)
 #   snakemake scaling                  the data-parallel scaling study (workflow/rules/studies.smk)
+#   snakemake reconstruct --configfile config/config.yaml my.yaml   trained models on your events
+#                                      (workflow/rules/reconstruct.smk)
 # Rules are thin: each calls one `trackgnn` subcommand; the logic lives in src/trackgnn.
 
 from snakemake.exceptions import WorkflowError
@@ -32,12 +34,14 @@ include: "workflow/rules/graph.smk"
 include: "workflow/rules/gnn.smk"
 include: "workflow/rules/tracks.smk"
 include: "workflow/rules/studies.smk"
+include: "workflow/rules/reconstruct.smk"
 
 
 # Aggregation only: never worth a cluster job.
 localrules:
     all,
     scaling,
+    reconstruct,
 
 
 rule all:

@@ -23,7 +23,7 @@ def test_shipped_configs_validate() -> None:
 def test_defaults_come_from_schema() -> None:
     cfg = config_from_dict({})
     assert (cfg.gnn.shadow.depth, cfg.gnn.shadow.fanout, cfg.gnn.shadow.batch_size) == (3, 6, 256)
-    assert cfg.gnn.n_iterations == 8 and cfg.filter.chunk_edges == 800_000
+    assert cfg.gnn.n_iterations == 8 and cfg.filter.chunk_edges == 32768
 
 
 def test_splits_are_disjoint_consecutive_ranges() -> None:

@@ -1,4 +1,4 @@
-"""Radius graphs: FAISS and brute force give the exact capped radius graph; edge orientation."""
+"""Radius graphs: k-d tree, FAISS and brute force give the exact capped radius graph; edges."""
 
 from __future__ import annotations
 
@@ -39,17 +39,16 @@ def as_set(src: torch.Tensor, dst: torch.Tensor) -> set[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_faiss_and_brute_force_equal_the_exact_capped_radius_graph(seed):
+def test_every_backend_equals_the_exact_capped_radius_graph(seed):
     emb = clustered_points(1500, 8, seed)
     radius, k_max = 0.08, 12
     expected = reference_pairs(emb, radius, k_max)
     per_hit = np.bincount([i for i, _ in expected], minlength=len(emb))
     assert per_hit.max() == k_max  # the cap binds somewhere ...
     assert (per_hit < k_max).sum() > 100  # ... and the radius elsewhere
-    faiss_pairs = as_set(*radius_pairs(emb, radius, k_max, chunk_size=400, backend="faiss"))
-    torch_pairs = as_set(*radius_pairs(emb, radius, k_max, chunk_size=400, backend="torch"))
-    assert faiss_pairs == expected
-    assert torch_pairs == expected
+    for backend in ("kdtree", "faiss", "torch", "auto"):
+        pairs = as_set(*radius_pairs(emb, radius, k_max, chunk_size=400, backend=backend))
+        assert pairs == expected, backend
 
 
 def test_radius_graph_backends_give_the_same_undirected_graph_on_event_embeddings():
@@ -62,10 +61,35 @@ def test_radius_graph_backends_give_the_same_undirected_graph_on_event_embedding
     r = torch.rand(2500) * 1000
     graphs = {
         backend: radius_graph(emb, r, 0.1, 16, chunk_size=1000, backend=backend)
-        for backend in ("faiss", "torch")
+        for backend in ("kdtree", "faiss", "torch")
     }
     assert graphs["faiss"].shape[1] > 2 * 2500
     assert torch.equal(graphs["faiss"], graphs["torch"])
+    assert torch.equal(graphs["faiss"], graphs["kdtree"])
+
+
+def test_pairs_exactly_at_the_radius_are_decided_by_the_shared_refinement():
+    # Points on a grid: many pairs lie at exactly the radius (within rounding). The k-d tree
+    # searches a slightly larger radius in float64; the float32 refinement decides, as for the
+    # flat index, so both give the same pairs.
+    grid = torch.stack(torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij"), -1)
+    emb = (grid.reshape(-1, 2) * 0.1).contiguous()
+    for radius in (0.1, 0.1 * 2**0.5, 0.2):
+        kdtree = as_set(*radius_pairs(emb, radius, 6, backend="kdtree"))
+        assert kdtree == as_set(*radius_pairs(emb, radius, 6, backend="torch")), radius
+        assert kdtree == as_set(*radius_pairs(emb, radius, 6, backend="faiss")), radius
+    # At radius 0.1 the grid neighbours (2 * 12 * 11 pairs, both directions) are at the radius
+    # in exact arithmetic: float32 rounding keeps some and drops others.
+    kept = len(as_set(*radius_pairs(emb, 0.1, 6, backend="kdtree")))
+    assert 0 < kept < 2 * 2 * 12 * 11
+
+
+def test_refinement_block_boundaries_do_not_change_the_pairs(monkeypatch):
+    emb = clustered_points(900, 6, 11)
+    full = radius_pairs(emb, 0.1, 10, backend="kdtree")
+    monkeypatch.setattr(radius_module, "REFINE_BLOCK", 37)
+    blocked = radius_pairs(emb, 0.1, 10, backend="kdtree")
+    assert torch.equal(full[0], blocked[0]) and torch.equal(full[1], blocked[1])
 
 
 def test_chunking_does_not_change_the_graph(monkeypatch):
@@ -73,6 +97,7 @@ def test_chunking_does_not_change_the_graph(monkeypatch):
     r = torch.rand(800)
     full = radius_graph(emb, r, 0.1, 10, chunk_size=100_000, backend="faiss")
     assert torch.equal(full, radius_graph(emb, r, 0.1, 10, chunk_size=33, backend="faiss"))
+    assert torch.equal(full, radius_graph(emb, r, 0.1, 10, chunk_size=33, backend="kdtree"))
     # The torch backend bounds its [queries, N] distance block whatever chunk_size says.
     monkeypatch.setattr(radius_module, "TORCH_BLOCK_ELEMENTS", 800 * 17)
     assert radius_module._torch_chunk_size(100_000, 800) == 17
@@ -89,9 +114,10 @@ def test_undirected_edges_are_unique_and_point_inner_to_outer():
     assert (r[edges[0]] <= r[edges[1]]).all()
 
 
-def test_knn_includes_self_and_matches_brute_force():
+@pytest.mark.parametrize("backend", ["kdtree", "faiss"])
+def test_knn_includes_self_and_matches_brute_force(backend):
     emb = clustered_points(300, 3, 7)
-    neighbours = knn(emb, 5, chunk_size=64, backend="faiss")
+    neighbours = knn(emb, 5, chunk_size=64, backend=backend)
     assert neighbours.shape == (300, 5)
     # Distances (not indices: ties among cluster members may order differently) match.
     dist = torch.cdist(emb.double(), emb.double())

@@ -253,6 +253,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(format_table(summary), file=sys.stderr)
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from trackgnn.reconstruct import reconstruct, reconstruct_config
+
+    cfg = reconstruct_config(args.models, args.config)
+    summary = reconstruct(cfg, args.models, args.events, args.output, args.ids)
+    log.info("reconstruct: %s", summary)
+
+
 def cmd_runlog(args: argparse.Namespace) -> None:
     from trackgnn import runlog
     from trackgnn.config import section_hash
@@ -369,6 +377,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-ids", nargs="+", type=int, required=True, help="test event ids")
     p.add_argument("--output-dir", type=Path, required=True, help="report directory")
     p.set_defaults(func=cmd_evaluate)
+
+    p = with_config(
+        sub.add_parser(
+            "reconstruct",
+            help="apply a trained run's models to TrackML events (all inference stages)",
+            description="Run features, embedding, radius graph, filter, GNN and track building "
+            "in one process; write OUTPUT/event#########.csv per event and the combined "
+            "OUTPUT/submission.csv (event_id,hit_id,track_id), plus OUTPUT/report/ when every "
+            "event has truth. Without --config, the training run's newest resolved config "
+            "(MODELS/../configs/) is used.",
+        )
+    )
+    p.add_argument("--models", type=Path, required=True, help="a run's models/ directory")
+    p.add_argument(
+        "--events",
+        nargs="+",
+        required=True,
+        help="a TrackML events directory (.csv or .csv.gz) or event prefixes DIR/event#########",
+    )
+    p.add_argument(
+        "--ids",
+        nargs="+",
+        help="with an events directory: event ids (each must exist) and inclusive ranges "
+        "FIRST-LAST (the directory's events within); default: every event",
+    )
+    p.add_argument("--output", type=Path, required=True, help="output directory")
+    p.set_defaults(func=cmd_reconstruct)
 
     p = with_config(sub.add_parser("runlog", help="MLflow pipeline runs (used by the Snakefile)"))
     p.add_argument("action", choices=["init", "start", "finish"])

@@ -64,7 +64,7 @@ class GraphConfig:
     radius: float
     k_max: int
     chunk_size: int
-    backend: Literal["faiss", "torch"]
+    backend: Literal["auto", "kdtree", "faiss", "torch"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,13 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class ReconstructConfig:
+    models: str | None
+    events: str | None
+    ids: list[int | str] | None
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str | None
     experiment: str
@@ -148,6 +155,7 @@ class Config:
     gnn: GNNConfig
     tracks: TracksConfig
     evaluation: EvaluationConfig
+    reconstruct: ReconstructConfig
     mlflow: MlflowConfig
 
     @property
@@ -264,6 +272,7 @@ _SECTION_TYPES: dict[str, type] = {
     "filter": FilterConfig,
     "tracks": TracksConfig,
     "evaluation": EvaluationConfig,
+    "reconstruct": ReconstructConfig,
     "mlflow": MlflowConfig,
 }
 

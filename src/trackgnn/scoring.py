@@ -24,6 +24,9 @@ from trackgnn.models.edges import hit_edge_features
 from trackgnn.models.interaction_gnn import InteractionGNN
 
 KIND = "gnn"
+#: Edges per chunk of the GNN's per-edge MLPs at inference (cache-sized on the CPU; the scores
+#: do not depend on it).
+INFERENCE_EDGE_CHUNK = 32768
 GRAPH_KEYS = ("x", "edge_index", "r", "phi", "z", "eta")
 
 
@@ -93,6 +96,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def gnn_logits(model: InteractionGNN, data: dict[str, Any], path: str | Path) -> Tensor:
+    """Edge logits ``[E]`` (on the model's device) of an event graph: the scoring stage in memory.
+
+    ``data`` holds the graph's tensors (:data:`GRAPH_KEYS`); ``path`` names it in errors.
+    """
+    device = next(model.parameters()).device
+    graph = event_graph(data, path).to(device)
+    with torch.inference_mode():
+        return model(graph.x, graph.edge_attr, graph.edge_index, INFERENCE_EDGE_CHUNK)
+
+
 def score_edges(
     cfg: Config, model_ckpt: str | Path, graph_file: str | Path, out: str | Path
 ) -> dict:
@@ -102,9 +116,7 @@ def score_edges(
     model, _ = load_model(model_ckpt, KIND, InteractionGNN)
     model.to(device)
     data = load_tensors(graph_file, required=GRAPH_KEYS)
-    graph = event_graph(data, graph_file).to(device)
-    with torch.inference_mode():
-        logits = model(graph.x, graph.edge_attr, graph.edge_index)
+    logits = gnn_logits(model, data, graph_file)
     scores = torch.sigmoid(logits.float()).cpu()
     if "scores" in data:
         data["filter_scores"] = data["scores"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,15 +13,15 @@ from trackgnn.io import load_tensors
 from trackgnn.models.checkpoint import resolve_device
 
 
-def run_build_tracks(cfg: Config, graph_file: str | Path, out: str | Path) -> dict[str, float]:
-    """Cut the GNN scores, build tracks, and write ``hit_id,track_id`` for every hit of the event.
+def track_labels(cfg: Config, graph: dict[str, Any]) -> torch.Tensor:
+    """Track label ``[N]`` of each hit (``-1``: in no track) from a scored graph.
 
-    Returns per-event figures: number of tracks, hits in tracks.
+    The track-building stage in memory: ``graph`` holds ``hit_id``, ``edge_index`` and the GNN
+    ``scores``; the ``tracks`` section of ``cfg`` sets the cut, minimum length and method.
     """
-    graph = load_tensors(graph_file, required=("hit_id", "edge_index", "scores"))
     device = torch.device(resolve_device(cfg.device))
     t = cfg.tracks
-    labels = build_tracks(
+    return build_tracks(
         num_nodes=len(graph["hit_id"]),
         edge_index=graph["edge_index"],
         scores=graph["scores"],
@@ -29,7 +30,21 @@ def run_build_tracks(cfg: Config, graph_file: str | Path, out: str | Path) -> di
         method=t.method,
         device=device,
     )
+
+
+def run_build_tracks(cfg: Config, graph_file: str | Path, out: str | Path) -> dict[str, float]:
+    """Cut the GNN scores, build tracks, and write ``hit_id,track_id`` for every hit of the event.
+
+    Returns per-event figures: number of tracks, hits in tracks.
+    """
+    graph = load_tensors(graph_file, required=("hit_id", "edge_index", "scores"))
+    labels = track_labels(cfg, graph)
     write_submission(graph["hit_id"], labels, out)
+    return track_figures(labels)
+
+
+def track_figures(labels: torch.Tensor) -> dict[str, float]:
+    """Number of tracks and of hits in tracks, from :func:`track_labels`."""
     in_tracks = labels >= 0
     return {
         "n_tracks": float(labels.max().item() + 1 if in_tracks.any() else 0),

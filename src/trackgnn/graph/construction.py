@@ -5,6 +5,9 @@ Stage entry points (called by the CLI, one event per call):
 * :func:`build_graph`: features file -> embedding -> radius graph -> graph file (+ metrics);
 * :func:`filter_graph`: graph file -> filter scores -> edges above ``filter.cut`` -> filtered file.
 
+Each wraps the stage's in-memory step (:func:`connect_hits`, :func:`filter_edges`), which the
+one-process reconstruction (:mod:`trackgnn.reconstruct`) calls directly.
+
 Also the edge-level metrics of a stage: edge counts, edges per hit, efficiency (kept truth-graph
 edges / truth-graph edges, for all particles and for signal particles), purity, ROC AUC.
 """
@@ -150,6 +153,47 @@ def load_event(path: str | os.PathLike[str], graph: bool = False) -> dict[str, A
 # ----------------------------------------------------------------------------- stages
 
 
+def connect_hits(
+    cfg: Config,
+    model: EmbeddingNet,
+    data: dict[str, Any],
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Embed an event's hits and connect radius neighbours: the graph-building stage in memory.
+
+    Args:
+        cfg: the config (``graph`` section and ``device``).
+        model: the trained embedding network.
+        data: the event's features (see :func:`trackgnn.features.build_features`).
+        timings: if given, receives the seconds of ``embedding`` and of ``radius`` (the radius
+            graph and its labels).
+    Returns:
+        ``data`` plus ``edge_index`` ``[2, E]`` (inner hit first) and its truth labels ``y``
+        (truth-graph edge) and ``y_pid`` (same particle), all false without truth.
+    """
+    device = torch.device(resolve_device(cfg.device))
+    start = time.perf_counter()
+    with torch.no_grad():
+        emb = model.to(device).embed(data["x"].to(device), cfg.graph.chunk_size)
+        embedded = time.perf_counter()
+        edge_index = radius_graph(
+            emb,
+            data["r"],
+            cfg.graph.radius,
+            cfg.graph.k_max,
+            cfg.graph.chunk_size,
+            cfg.graph.backend,
+        ).cpu()
+    del emb
+    y, y_pid = edge_labels(edge_index, data["truth_edges"], data["particle_id"])
+    graph = {**data, "edge_index": edge_index, "y": y, "y_pid": y_pid}
+    graph.pop("scores", None)
+    if timings is not None:
+        timings["embedding"] = embedded - start
+        timings["radius"] = time.perf_counter() - embedded
+    return graph
+
+
 def build_graph(
     cfg: Config,
     model_ckpt: str | os.PathLike[str],
@@ -165,21 +209,7 @@ def build_graph(
     data = load_event(features_file)
     model, _ = load_model(model_ckpt, "embedding", EmbeddingNet)
     _check_model_input(model.in_dim, data, model_ckpt, features_file)
-    device = torch.device(resolve_device(cfg.device))
-    with torch.no_grad():
-        emb = model.to(device).embed(data["x"].to(device), cfg.graph.chunk_size)
-        edge_index = radius_graph(
-            emb,
-            data["r"],
-            cfg.graph.radius,
-            cfg.graph.k_max,
-            cfg.graph.chunk_size,
-            cfg.graph.backend,
-        ).cpu()
-    del emb
-    y, y_pid = edge_labels(edge_index, data["truth_edges"], data["particle_id"])
-    graph = {**data, "edge_index": edge_index, "y": y, "y_pid": y_pid}
-    graph.pop("scores", None)
+    graph = connect_hits(cfg, model, data)
     save_tensors(graph, out_file)
     metrics = {
         "stage": "graph",
@@ -205,6 +235,27 @@ def filter_scores(
     return scores.float().cpu()
 
 
+def filter_edges(
+    cfg: Config, model: FilterNet, graph: dict[str, Any]
+) -> tuple[dict[str, Any], Tensor]:
+    """Score a graph's edges with the filter and keep those with score >= ``filter.cut``.
+
+    The filter stage in memory. Returns the graph with ``edge_index``, ``y``, ``y_pid``
+    restricted to the kept edges plus their ``scores``, and the scores ``[E]`` of all input edges.
+    """
+    device = torch.device(resolve_device(cfg.device))
+    scores = filter_scores(model, graph, cfg.filter.chunk_edges, device)
+    keep = scores >= cfg.filter.cut
+    filtered = {
+        **graph,
+        "edge_index": graph["edge_index"][:, keep],
+        "y": graph["y"][keep],
+        "y_pid": graph["y_pid"][keep],
+        "scores": scores[keep],
+    }
+    return filtered, scores
+
+
 def filter_graph(
     cfg: Config,
     model_ckpt: str | os.PathLike[str],
@@ -222,24 +273,16 @@ def filter_graph(
     data = load_event(graph_file, graph=True)
     model, _ = load_model(model_ckpt, "filter", FilterNet)
     _check_model_input(model.node_dim, data, model_ckpt, graph_file)
-    device = torch.device(resolve_device(cfg.device))
-    scores = filter_scores(model, data, cfg.filter.chunk_edges, device)
+    filtered, scores = filter_edges(cfg, model, data)
     auc = roc_auc(scores, data["y"])
-    keep = scores >= cfg.filter.cut
-    filtered = {
-        **data,
-        "edge_index": data["edge_index"][:, keep],
-        "y": data["y"][keep],
-        "y_pid": data["y_pid"][keep],
-        "scores": scores[keep],
-    }
+    n_kept = filtered["edge_index"].shape[1]
     save_tensors(filtered, out_file)
     metrics = {
         "stage": "filter",
         "event_id": int(data["event_id"]),
         **stage_edge_metrics(filtered, evaluation_cuts(cfg), str(out_file)),
         "n_edges_in": int(data["edge_index"].shape[1]),
-        "edge_reduction": data["edge_index"].shape[1] / max(int(keep.sum()), 1),
+        "edge_reduction": data["edge_index"].shape[1] / max(n_kept, 1),
         "auc": auc,
         "time_s": time.perf_counter() - start,
         "peak_rss_mb": peak_rss_mb(),

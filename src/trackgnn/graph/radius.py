@@ -1,13 +1,25 @@
 """Fixed-radius neighbour graphs in an embedding space, capped at ``k_max`` neighbours per hit.
 
-Two backends return the same edge set: FAISS (a GPU index when CUDA and faiss GPU support are
-both present, an exact CPU ``IndexFlatL2`` otherwise) and a brute-force torch search (chunked
-``cdist``; runs on CUDA too). Both only *propose* candidates: each query hit's ``k_max`` nearest
-plus a few spare, from one bounded-size chunk of queries at a time. The candidates are then
-refined by one shared exact step that recomputes their distances elementwise, applies the radius
-and keeps the ``k_max`` nearest (ties by hit index). The BLAS-style distances of FAISS
-(``|a|^2 + |b|^2 - 2ab``) and of ``cdist`` differ in the last bits, so without this shared step
-pairs at the radius or at the cap could differ between backends; with it, both are exact.
+Three backends return the same edge set:
+
+* ``kdtree``: SciPy's k-d tree (``cKDTree``, Bentley, "Multidimensional binary search trees
+  used for associative searching", CACM 1975) on the CPU. Each query visits only the tree cells
+  within ``radius``, so the search costs about ``O(N log N)`` for the few-dimensional learned
+  embeddings of the pipeline instead of the ``O(N^2)`` of a flat index, and it is exact.
+* ``faiss``: an exact flat (brute-force) ``IndexFlatL2``, on the GPU when CUDA and faiss GPU
+  support are both present. ``O(N^2)``: the fastest choice on a GPU, the baseline on a CPU.
+* ``torch``: brute-force chunked ``cdist`` (runs on CUDA too); the reference.
+
+``auto`` (the default) is ``faiss`` when the embedding is on a CUDA device and faiss has GPU
+support, ``kdtree`` otherwise.
+
+All backends only *propose* candidates: each query hit's ``k_max`` nearest plus a few spare
+(within a slightly enlarged radius for the k-d tree), from one bounded-size chunk of queries at
+a time. The candidates are then refined by one shared exact step that recomputes their distances
+elementwise in float32, applies the radius and keeps the ``k_max`` nearest (ties by hit index).
+FAISS (``|a|^2 + |b|^2 - 2ab`` in float32), ``cdist`` and the k-d tree (float64) round
+differently, so without this shared step pairs at the radius or at the cap could differ between
+backends; with it, all are exact and give identical graphs.
 """
 
 from __future__ import annotations
@@ -24,10 +36,20 @@ from trackgnn.errors import ConfigError
 #: Extra candidates per query beyond ``k_max`` (and self) so that rounding in the candidate
 #: search cannot push a true k-nearest neighbour out of the candidate list.
 SPARE_CANDIDATES = 8
+#: Relative enlargement of the radius the k-d tree searches: its float64 distances and the
+#: float32 ones of the refinement differ in the last bits, so a pair exactly at the radius is
+#: proposed and then decided by the refinement.
+KDTREE_RADIUS_SLACK = 1e-4
 #: Elements of the ``[queries, hits]`` distance block of the torch backend (512 MiB of float32).
 TORCH_BLOCK_ELEMENTS = 1 << 27
+#: Queries refined at once: the ``[queries, candidates, dim]`` differences of a block stay in
+#: the CPU caches (the refinement is memory-bound).
+REFINE_BLOCK = 8192
 
-Backend = Literal["faiss", "torch"]
+Backend = Literal["auto", "kdtree", "faiss", "torch"]
+BACKENDS: tuple[str, ...] = ("auto", "kdtree", "faiss", "torch")
+#: Sort key of a candidate that is not kept (no hit, the query itself, or beyond the radius).
+_DROPPED = torch.iinfo(torch.int64).max
 
 
 def faiss_gpu_available() -> bool:
@@ -39,6 +61,34 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and torch.cuda.is_available()
 
 
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend: ``auto`` is a GPU flat FAISS index on CUDA, the k-d tree otherwise."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"graph.backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
+    if backend == "auto":
+        return "faiss" if device.type == "cuda" and faiss_gpu_available() else "kdtree"
+    return backend
+
+
+def _refine_block(
+    emb: Tensor, queries: Tensor, candidates: Tensor, radius: float, k_max: int
+) -> tuple[Tensor, Tensor]:
+    valid = (candidates >= 0) & (candidates != queries[:, None])
+    safe = candidates.clamp(min=0)
+    # Elementwise differences: the same arithmetic whichever backend proposed the candidates.
+    dist2 = (emb[safe] - emb[queries][:, None, :]).square().sum(-1)
+    keep = valid & (dist2 <= radius * radius)
+    # Lexicographic order (distance, hit index) as one int64 key: the bit patterns of
+    # non-negative float32 numbers order like the numbers, and hit indices fit in 32 bits.
+    key = (dist2.contiguous().view(torch.int32).to(torch.int64) << 32) | safe
+    key = torch.where(keep, key, _DROPPED)
+    key = torch.sort(key, dim=1).values[:, :k_max]
+    kept = key != _DROPPED
+    dst = (key & 0xFFFFFFFF)[kept]
+    src = queries[:, None].expand_as(kept)[kept]
+    return src, dst
+
+
 def _refine(
     emb: Tensor, queries: Tensor, candidates: Tensor, radius: float, k_max: int
 ) -> tuple[Tensor, Tensor]:
@@ -47,24 +97,31 @@ def _refine(
     Args:
         emb: ``[N, D]`` embedding.
         queries: ``[Q]`` query hit indices.
-        candidates: ``[Q, K]`` candidate neighbour indices (``-1`` = no candidate).
+        candidates: ``[Q, K]`` candidate neighbour indices (``-1`` = no candidate; no index
+            twice in a row).
+        radius: keep candidates at squared float32 distance ``<= radius**2``.
+        k_max: keep at most this many per query: the nearest, ties by smaller hit index.
     Returns:
-        ``(src, dst)`` of the kept directed pairs, query first.
+        ``(src, dst)`` of the kept directed pairs, query first, grouped by query in the order
+        of ``queries``, each query's neighbours nearest first.
     """
-    valid = (candidates >= 0) & (candidates != queries[:, None])
-    safe = candidates.clamp(min=0)
-    # Elementwise differences: the same arithmetic whichever backend proposed the candidates.
-    dist2 = (emb[safe] - emb[queries][:, None, :]).square().sum(-1)
-    dist2 = torch.where(valid & (dist2 <= radius * radius), dist2, torch.inf)
-    # Lexicographic order (distance, hit index): stable sort by index, then by distance.
-    order = torch.sort(torch.where(valid, safe, emb.shape[0]), dim=1, stable=True).indices
-    dist2 = dist2.gather(1, order)
-    safe = safe.gather(1, order)
-    order = torch.sort(dist2, dim=1, stable=True).indices[:, :k_max]
-    keep = torch.isfinite(dist2.gather(1, order))
-    dst = safe.gather(1, order)[keep]
-    src = queries[:, None].expand_as(keep)[keep]
-    return src, dst
+    if emb.shape[0] >= 1 << 31:
+        raise ConfigError(f"radius search supports fewer than 2^31 hits, not {emb.shape[0]}")
+    sources, targets = [], []
+    for start in range(0, len(queries), REFINE_BLOCK):
+        src, dst = _refine_block(
+            emb,
+            queries[start : start + REFINE_BLOCK],
+            candidates[start : start + REFINE_BLOCK],
+            radius,
+            k_max,
+        )
+        sources.append(src)
+        targets.append(dst)
+    if not sources:
+        empty = torch.zeros(0, dtype=torch.long, device=emb.device)
+        return empty, empty
+    return torch.cat(sources), torch.cat(targets)
 
 
 def _faiss_index(dim: int, device: torch.device):
@@ -79,8 +136,13 @@ def _faiss_index(dim: int, device: torch.device):
     return index
 
 
-def _knn_chunks_faiss(emb: Tensor, k: int, chunk_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(queries, neighbours [Q, k])`` from an exact flat FAISS index, chunk by chunk."""
+def _knn_chunks_faiss(
+    emb: Tensor, k: int, chunk_size: int, radius: float | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(queries, neighbours [Q, k])`` from an exact flat FAISS index, chunk by chunk.
+
+    ``radius`` is unused: the flat index returns the ``k`` nearest whatever their distance.
+    """
     points = np.ascontiguousarray(emb.to("cpu", torch.float32).numpy())
     index = _faiss_index(points.shape[1], emb.device)
     index.add(points)
@@ -90,12 +152,39 @@ def _knn_chunks_faiss(emb: Tensor, k: int, chunk_size: int) -> Iterator[tuple[Te
         yield queries, torch.from_numpy(neighbours).to(emb.device)
 
 
+def _knn_chunks_kdtree(
+    emb: Tensor, k: int, chunk_size: int, radius: float | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(queries, neighbours [Q, k])`` from a k-d tree, ``-1`` where there are fewer.
+
+    With ``radius``, only neighbours within ``radius * (1 + KDTREE_RADIUS_SLACK)`` are returned
+    (the tree prunes every cell farther away: this bound is what makes the search fast).
+    Queries use ``torch.get_num_threads()`` worker threads.
+    """
+    from scipy.spatial import cKDTree
+
+    points = np.ascontiguousarray(emb.to("cpu", torch.float32).numpy())
+    tree = cKDTree(points)
+    bound = np.inf if radius is None else radius * (1.0 + KDTREE_RADIUS_SLACK)
+    workers = max(1, torch.get_num_threads())
+    for start in range(0, len(points), chunk_size):
+        _, neighbours = tree.query(
+            points[start : start + chunk_size], k=k, distance_upper_bound=bound, workers=workers
+        )
+        neighbours = neighbours.reshape(-1, k)  # k == 1 gives a 1-D result
+        neighbours[neighbours >= len(points)] = -1  # "no neighbour" is reported as N
+        queries = torch.arange(start, start + len(neighbours), device=emb.device)
+        yield queries, torch.from_numpy(neighbours.astype(np.int64)).to(emb.device)
+
+
 def _torch_chunk_size(chunk_size: int, n_points: int) -> int:
     """Queries per cdist block so the ``[queries, N]`` block stays under TORCH_BLOCK_ELEMENTS."""
     return max(1, min(chunk_size, TORCH_BLOCK_ELEMENTS // max(n_points, 1)))
 
 
-def _knn_chunks_torch(emb: Tensor, k: int, chunk_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+def _knn_chunks_torch(
+    emb: Tensor, k: int, chunk_size: int, radius: float | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Brute-force twin of :func:`_knn_chunks_faiss`: chunked ``cdist`` + ``topk``."""
     block = _torch_chunk_size(chunk_size, len(emb))
     for start in range(0, len(emb), block):
@@ -104,11 +193,17 @@ def _knn_chunks_torch(emb: Tensor, k: int, chunk_size: int) -> Iterator[tuple[Te
         yield queries, torch.topk(dist, k, dim=1, largest=False).indices
 
 
-def knn(emb: Tensor, k: int, chunk_size: int = 100_000, backend: Backend = "faiss") -> Tensor:
-    """Indices ``[N, k]`` of each hit's ``k`` nearest hits (itself included), exact search."""
+_CHUNKS = {"kdtree": _knn_chunks_kdtree, "faiss": _knn_chunks_faiss, "torch": _knn_chunks_torch}
+
+
+def knn(emb: Tensor, k: int, chunk_size: int = 100_000, backend: Backend = "auto") -> Tensor:
+    """Indices ``[N, k]`` of each hit's ``k`` nearest hits (itself included), exact search.
+
+    Among equidistant hits the backends may choose differently.
+    """
     emb = emb.detach().to(torch.float32)
     k = min(k, len(emb))
-    chunks = _knn_chunks_faiss if backend == "faiss" else _knn_chunks_torch
+    chunks = _CHUNKS[resolve_backend(backend, emb.device)]
     parts = [neighbours for _, neighbours in chunks(emb, k, chunk_size)]
     if not parts:
         return torch.zeros((0, k), dtype=torch.long, device=emb.device)
@@ -120,15 +215,23 @@ def radius_pairs(
     radius: float,
     k_max: int,
     chunk_size: int = 100_000,
-    backend: Backend = "faiss",
+    backend: Backend = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Directed pairs ``(i, j)``: ``j`` among the ``k_max`` nearest hits of ``i`` within ``radius``.
 
-    The pair list of each query is exact (see module docstring). Self pairs are excluded.
-    Memory is bounded by ``chunk_size`` queries at a time.
+    The pair list of each query is exact (see module docstring), the same for every backend.
+    Self pairs are excluded. Memory is bounded by ``chunk_size`` queries at a time.
+
+    Args:
+        emb: ``[N, D]`` embedding (any device; the k-d tree searches on the CPU).
+        radius: neighbourhood radius (Euclidean).
+        k_max: neighbours kept per query hit.
+        chunk_size: queries per search chunk.
+        backend: ``auto``, ``kdtree``, ``faiss`` or ``torch`` (see the module docstring).
+    Returns:
+        ``(src, dst)``, each ``[P]`` int64 on ``emb``'s device.
     """
-    if backend not in ("faiss", "torch"):
-        raise ConfigError(f"graph.backend must be faiss or torch, not '{backend}'")
+    concrete = resolve_backend(backend, emb.device)
     if radius <= 0 or k_max < 1 or chunk_size < 1:
         raise ConfigError(
             f"radius search needs radius > 0, k_max >= 1, chunk_size >= 1 "
@@ -139,10 +242,9 @@ def radius_pairs(
     empty = torch.zeros(0, dtype=torch.long, device=emb.device)
     if n_points < 2:
         return empty, empty
-    chunks = _knn_chunks_faiss if backend == "faiss" else _knn_chunks_torch
     k_search = min(k_max + 1 + SPARE_CANDIDATES, n_points)
     sources, targets = [], []
-    for queries, candidates in chunks(emb, k_search, chunk_size):
+    for queries, candidates in _CHUNKS[concrete](emb, k_search, chunk_size, radius):
         src, dst = _refine(emb, queries, candidates, radius, k_max)
         sources.append(src)
         targets.append(dst)
@@ -172,7 +274,7 @@ def radius_graph(
     radius: float,
     k_max: int,
     chunk_size: int = 100_000,
-    backend: Backend = "faiss",
+    backend: Backend = "auto",
 ) -> Tensor:
     """The event's candidate graph: undirected radius-``k_max`` neighbours, oriented by ``r``.
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from trackgnn.models.edges import EDGE_FEATURES
-from trackgnn.models.mlp import PeriodicInput, make_mlp
+from trackgnn.models.mlp import PeriodicInput, apply_in_chunks, make_mlp
 
 EDGE_FEATURE_DIM = len(EDGE_FEATURES)
 
@@ -45,10 +45,23 @@ class InteractionLayer(nn.Module):
             node_in + 2 * hidden, hidden, hidden, mlp_layers, "silu", layer_norm
         )
 
-    def forward(self, x: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Return the new node states [N, hidden] and edge states [E, hidden]."""
+    def forward(
+        self, x: Tensor, e: Tensor, edge_index: Tensor, edge_chunk: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Return the new node states [N, hidden] and edge states [E, hidden].
+
+        With ``edge_chunk`` the edge MLP runs on that many edges at a time (inference: a chunk's
+        activations stay in the CPU caches; each edge's result does not depend on the chunking).
+        """
         src, dst = edge_index
-        e_new = self.edge_mlp(torch.cat([e, x[src], x[dst]], dim=1))
+        if edge_chunk is None:
+            e_new = self.edge_mlp(torch.cat([e, x[src], x[dst]], dim=1))
+        else:
+            e_new = apply_in_chunks(
+                lambda rows: self.edge_mlp(torch.cat([e[rows], x[src[rows]], x[dst[rows]]], 1)),
+                torch.arange(e.shape[0], device=e.device),
+                edge_chunk,
+            )
         # index_add_ in float32 even under autocast: sums of many low-precision messages drift.
         e_sum = e_new.float()
         m_dst = torch.zeros(x.shape[0], e_new.shape[1], device=x.device).index_add_(0, dst, e_sum)
@@ -102,17 +115,32 @@ class InteractionGNN(nn.Module):
         self.edge_head = make_mlp(width, hidden, 1, mlp_layers, "silu", layer_norm)
 
     def _iteration(
-        self, layer: InteractionLayer, x: Tensor, e: Tensor, x0: Tensor, e0: Tensor, ei: Tensor
+        self,
+        layer: InteractionLayer,
+        x: Tensor,
+        e: Tensor,
+        x0: Tensor,
+        e0: Tensor,
+        ei: Tensor,
+        edge_chunk: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         if self.skip == "concat":
-            return layer(torch.cat([x, x0], 1), torch.cat([e, e0], 1), ei)
-        dx, de = layer(x, e, ei)
+            return layer(torch.cat([x, x0], 1), torch.cat([e, e0], 1), ei, edge_chunk)
+        dx, de = layer(x, e, ei, edge_chunk)
         return x + dx, e + de
 
-    def forward(self, x: Tensor, edge_attr: Tensor, edge_index: Tensor) -> Tensor:
-        """Edge logits [E] of a graph with node features ``x`` [N, F] and ``edge_attr`` [E, 6]."""
+    def forward(
+        self, x: Tensor, edge_attr: Tensor, edge_index: Tensor, edge_chunk: int | None = None
+    ) -> Tensor:
+        """Edge logits [E] of a graph with node features ``x`` [N, F] and ``edge_attr`` [E, 6].
+
+        ``edge_chunk`` (inference only: without gradients) runs the per-edge MLPs on that many
+        edges at a time, which bounds their activation memory and keeps it in the CPU caches.
+        """
+        if edge_chunk is not None and torch.is_grad_enabled():
+            raise ValueError("edge_chunk is for inference (torch.no_grad or inference_mode)")
         x0 = self.node_encoder(self.inputs(x))
-        e0 = self.edge_encoder(edge_attr)
+        e0 = self._edge_rows(self.edge_encoder, edge_attr, edge_chunk)
         h, e = x0, e0
         for layer in self.layers:
             if self.checkpointing and self.training and torch.is_grad_enabled():
@@ -120,6 +148,11 @@ class InteractionGNN(nn.Module):
                     self._iteration, layer, h, e, x0, e0, edge_index, use_reentrant=False
                 )
             else:
-                h, e = self._iteration(layer, h, e, x0, e0, edge_index)
+                h, e = self._iteration(layer, h, e, x0, e0, edge_index, edge_chunk)
         final = torch.cat([e, e0], 1) if self.skip == "concat" else e
-        return self.edge_head(final).squeeze(-1)
+        return self._edge_rows(self.edge_head, final, edge_chunk).squeeze(-1)
+
+    @staticmethod
+    def _edge_rows(mlp: nn.Module, rows: Tensor, edge_chunk: int | None) -> Tensor:
+        """A per-edge MLP on all rows at once, or ``edge_chunk`` rows at a time."""
+        return mlp(rows) if edge_chunk is None else apply_in_chunks(mlp, rows, edge_chunk)

@@ -116,7 +116,7 @@ def training_pairs(
     n_random: int,
     knn_k: int,
     chunk_size: int = 100_000,
-    backend: Literal["faiss", "torch"] = "faiss",
+    backend: Literal["auto", "kdtree", "faiss", "torch"] = "auto",
 ) -> Tensor:
     """Unique unordered hit pairs ``[2, P]``: truth edges, random pairs, kNN hard negatives."""
     n_hits = emb.shape[0]
