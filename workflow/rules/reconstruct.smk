@@ -46,8 +46,8 @@ if RECONSTRUCT_CONFIGURED:
         conda:
             CONDA_ENV
         shell:
-            "trackgnn reconstruct --config {CONFIG} --models {params.models}"
-            " --events {params.events} --ids {params.ids} --output {RECONSTRUCT} 2> {log}"
+            "trackgnn reconstruct --config {CONFIG:q} --models {params.models:q}"
+            " --events {params.events:q} --ids {params.ids:q} --output {RECONSTRUCT:q} 2> {log:q}"
 
     rule reconstruct:
         input:
