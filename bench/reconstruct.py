@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -56,8 +57,10 @@ from trackgnn.simulation import simulate_events
 
 def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
-    import faiss
-
+    try:
+        import faiss
+    except ImportError:  # the flat search then runs as brute-force torch (--flat-backend)
+        return
     faiss.omp_set_num_threads(threads)
 
 
@@ -68,17 +71,19 @@ def simulate(task: dict[str, Any]) -> None:
 
 
 def edge_keys(edges: torch.Tensor, n_hits: int) -> np.ndarray:
-    return (edges[0] * n_hits + edges[1]).numpy()
+    return (edges[0] * n_hits + edges[1]).cpu().numpy()
 
 
-def compare_searches(cfg: Config, models: Any, prefix: Path) -> dict[str, Any]:
+def compare_searches(
+    cfg: Config, models: Any, prefix: Path, flat_backend: str = "faiss"
+) -> dict[str, Any]:
     """Time the configured radius search and the exact flat one on one embedding; recalls."""
     data = build_features(read_event(prefix))
     with torch.no_grad():
-        emb = models.embedding.embed(data["x"], cfg.graph.chunk_size)
+        emb = models.embedding.embed(data["x"].to(resolve_device(cfg.device)), cfg.graph.chunk_size)
     g = cfg.graph
     graphs, seconds = {}, {}
-    for name, backend in (("configured", g.backend), ("flat", "faiss")):
+    for name, backend in (("configured", g.backend), ("flat", flat_backend)):
         start = time.perf_counter()
         graphs[name] = radius_graph(emb, data["r"], g.radius, g.k_max, g.chunk_size, backend)
         seconds[name] = time.perf_counter() - start
@@ -116,6 +121,7 @@ def reconstruct_mu(task: dict[str, Any]) -> list[dict[str, Any]]:
         cfg,
         graph=dataclasses.replace(cfg.graph, backend=task["backend"]),
         filter=dataclasses.replace(cfg.filter, chunk_edges=task["chunk_edges"]),
+        device=task["device"] or cfg.device,
     )
     models = load_models(task["models"], resolve_device(cfg.device))
     records = []
@@ -145,7 +151,7 @@ def reconstruct_mu(task: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
         if i < task["compare_events"]:
-            comparison = compare_searches(cfg, models, prefix)
+            comparison = compare_searches(cfg, models, prefix, task["flat_backend"])
             peak = records[-1]["peak_rss_mb"]
             for name in ("configured", "flat"):
                 backend = comparison["backend"] if name == "configured" else "flat"
@@ -208,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.filter.chunk_edges,
         help="filter inference chunk (overrides the config)",
     )
+    parser.add_argument("--device", help="cpu or cuda (overrides the config)")
+    parser.add_argument(
+        "--flat-backend",
+        default="faiss" if importlib.util.find_spec("faiss") else "torch",
+        help="the exact flat search compared with (faiss, or brute-force torch)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="mu 20 and 200, one event each")
     args = parser.parse_args(argv)
@@ -237,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 "backend": args.backend,
                 "chunk_edges": args.chunk_edges,
                 "compare_events": args.compare_events,
+                "device": args.device,
+                "flat_backend": args.flat_backend,
             }
             mu_records = in_fresh_process(reconstruct_mu, task)
             for record in mu_records:
@@ -273,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "backend": args.backend,
         "chunk_edges": args.chunk_edges,
+        "device": args.device,
+        "flat_backend": args.flat_backend,
         "events_per_mu": args.events,
         "models": str(args.models),
     }

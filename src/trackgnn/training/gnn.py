@@ -412,9 +412,9 @@ def train_gnn(
         done = int(read_checkpoint(resume_from, KIND).get("epoch", -1)) + 1
         if is_rank_zero():
             print(f"[gnn] resuming from {resume_from} after epoch {done}", file=sys.stderr)
-    precision = "32-true"
-    if g.amp:
-        precision = "16-mixed" if device.type == "cuda" else "bf16-mixed"
+    # bf16 needs no gradient scaler and was as fast as fp16 on the GPU (bench/gpu_paths.py);
+    # CPUs without native bf16 run it several times slower than fp32.
+    precision = "bf16-mixed" if g.amp else "32-true"
 
     with runlog.stage_run(
         "train_gnn",
