@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from trackgnn.config import config_from_dict, load_config
-from trackgnn.errors import ConfigError
+from trackgnn.errors import ConfigError, TrackGNNError
+from trackgnn.workflow import WorkflowContext
 
 ROOT = Path(__file__).parents[1]
 
@@ -32,6 +33,56 @@ def test_splits_are_disjoint_consecutive_ranges() -> None:
     )
     assert cfg.event_ids("train") == [10, 11, 12]
     assert cfg.event_ids("val") == [13, 14] and cfg.event_ids("test") == [15]
+
+
+def _trackml_dir(directory: Path, ids: list[int]) -> Path:
+    directory.mkdir()
+    for event_id in ids:  # gzipped, as the TrackML release ships them (only names are listed)
+        (directory / f"event{event_id:09d}-hits.csv.gz").write_bytes(b"")
+    return directory
+
+
+def test_explicit_events_select_ids_and_ranges_of_the_directory(tmp_path: Path) -> None:
+    trackml = _trackml_dir(tmp_path / "trackml", [1000, 1001, 1005, 1007, 2000, 2003])
+    events = {"train": ["1000-1006"], "val": [1007], "test": ["1990-2010"]}
+    cfg = config_from_dict(
+        {"data": {"source": "trackml", "trackml_dir": str(trackml), "events": events}}
+    )
+    context = WorkflowContext(cfg)
+    assert context.split_ids == {
+        "train": [1000, 1001, 1005],
+        "val": [1007],
+        "test": [2000, 2003],
+    }
+    assert context.event_ids("all")[-1] == "000002003"
+    # Events still to be simulated: every id of a range.
+    simulated = WorkflowContext(config_from_dict({"data": {"events": events}}))
+    assert simulated.split_ids["train"] == list(range(1000, 1007))
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ({"train": ["1000-1001"], "val": [1001], "test": [2000]}, "event 000001001 is in both"),
+        ({"train": [1000], "val": [1002], "test": [2000]}, "no event 000001002 here"),
+        ({"train": [1000], "val": ["1002-1004"], "test": [2000]}, "no event in 1002-1004 here"),
+    ],
+    ids=["overlap", "missing-id", "empty-range"],
+)
+def test_bad_event_selection_names_the_problem(tmp_path: Path, events: dict, message: str) -> None:
+    trackml = _trackml_dir(tmp_path / "trackml", [1000, 1001, 2000])
+    cfg = config_from_dict(
+        {"data": {"source": "trackml", "trackml_dir": str(trackml), "events": events}}
+    )
+    with pytest.raises(TrackGNNError, match=message):
+        _ = WorkflowContext(cfg).split_ids
+
+
+def test_counted_events_missing_from_the_directory_are_named(tmp_path: Path) -> None:
+    trackml = _trackml_dir(tmp_path / "trackml", [1000, 1001])
+    cfg = config_from_dict({"data": {"source": "trackml", "trackml_dir": str(trackml)}})
+    with pytest.raises(ConfigError, match=r"no TrackML event 000001002 \(10 of the 12"):
+        _ = WorkflowContext(cfg).split_ids
 
 
 @pytest.mark.parametrize(

@@ -238,7 +238,8 @@ def test_bad_input_is_one_line_naming_the_file_and_leaves_no_output(
 
 def test_event_selection_and_ids(trained):
     from trackgnn.errors import ConfigError, InputError
-    from trackgnn.reconstruct import parse_event_ids, select_events
+    from trackgnn.io import parse_event_ids
+    from trackgnn.reconstruct import select_events
 
     assert parse_event_ids([7001, "7003-7005", "9"]) == [(7001, 7001), (7003, 7005), (9, 9)]
     with pytest.raises(ConfigError, match="FIRST-LAST"):

@@ -251,7 +251,14 @@ def test_system_metrics_are_sampled_during_a_stage(store):
         system_metrics=True,
         system_metrics_interval_s=0.2,
     ) as run:
-        time.sleep(1.2)
+        # Poll rather than sleep a fixed time: on a loaded machine the monitor's first batch of
+        # samples can take several intervals to be logged.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            metrics = MlflowClient(uri).get_run(run.run_id).data.metrics
+            if "system/cpu_utilization_percentage" in metrics:
+                break
+            time.sleep(0.2)
     metrics = MlflowClient(uri).get_run(run.run_id).data.metrics
     assert "system/cpu_utilization_percentage" in metrics
     assert any(k.startswith("system/system_memory") for k in metrics), sorted(metrics)

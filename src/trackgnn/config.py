@@ -32,6 +32,7 @@ class DataConfig:
     train_events: int
     val_events: int
     test_events: int
+    events: dict[str, list[int | str]] | None
 
 
 @dataclass(frozen=True)

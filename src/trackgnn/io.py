@@ -12,6 +12,7 @@ import gzip
 import re
 import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from trackgnn.atomic import atomic_path, atomic_paths
-from trackgnn.errors import InputError
+from trackgnn.errors import ConfigError, InputError
 
 HITS_DTYPES: dict[str, str] = {
     "hit_id": "int32",
@@ -113,6 +114,55 @@ def find_event_file(prefix: str | Path, kind: str) -> Path | None:
         if path.exists():
             return path
     return None
+
+
+_ID_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+def parse_event_ids(items: Sequence[str | int]) -> list[tuple[int, int]]:
+    """Inclusive id ranges from ``1000`` (just that id) and ``1000-1009`` items.
+
+    Raises ConfigError on anything else.
+    """
+    ranges: list[tuple[int, int]] = []
+    for item in items:
+        text = str(item).strip()
+        match = _ID_RANGE.match(text)
+        if match:
+            first, last = int(match.group(1)), int(match.group(2))
+            if last < first:
+                raise ConfigError(f"event range '{text}': the last id is before the first")
+            ranges.append((first, last))
+        elif text.isdigit():
+            ranges.append((int(text), int(text)))
+        else:
+            raise ConfigError(f"event id '{text}' is neither an id nor a range FIRST-LAST")
+    return ranges
+
+
+def select_event_ids(
+    items: Sequence[str | int], available: Sequence[int] | None, directory: str | Path | None
+) -> list[int]:
+    """Event ids selected by id and range items, in the items' order, without repeats.
+
+    With ``available`` (the events of ``directory``): an id must be among them and a range takes
+    those within it (at least one), else InputError naming the directory. Without (events yet to
+    be simulated): every id of each range.
+    """
+    chosen: list[int] = []
+    for first, last in parse_event_ids(items):
+        if available is None:
+            chosen.extend(range(first, last + 1))
+            continue
+        inside = [i for i in available if first <= i <= last]
+        if not inside:
+            what = f"event {first:09d}" if first == last else f"event in {first}-{last}"
+            ids = f"ids {available[0]}..{available[-1]}" if available else "none"
+            raise InputError(
+                directory or "events", f"no {what} here ({len(available)} events, {ids})"
+            )
+        chosen.extend(inside)
+    return list(dict.fromkeys(chosen))
 
 
 def list_event_ids(directory: str | Path) -> list[int]:

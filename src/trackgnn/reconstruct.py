@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -44,6 +43,7 @@ from trackgnn.io import (
     find_event_file,
     list_event_ids,
     read_event,
+    select_event_ids,
 )
 from trackgnn.models.checkpoint import load_model, resolve_device
 from trackgnn.models.embedding import EmbeddingNet
@@ -169,50 +169,6 @@ def reconstruct_config(
     return load_config(configs[-1])
 
 
-_RANGE = re.compile(r"^(\d+)-(\d+)$")
-
-
-def parse_event_ids(items: Sequence[str | int]) -> list[tuple[int, int]]:
-    """Inclusive id ranges from ``1000`` (just that id) and ``1000-1009`` items.
-
-    Raises ConfigError on anything else.
-    """
-    ranges: list[tuple[int, int]] = []
-    for item in items:
-        text = str(item).strip()
-        match = _RANGE.match(text)
-        if match:
-            first, last = int(match.group(1)), int(match.group(2))
-            if last < first:
-                raise ConfigError(f"event range '{text}': the last id is before the first")
-            ranges.append((first, last))
-        elif text.isdigit():
-            ranges.append((int(text), int(text)))
-        else:
-            raise ConfigError(f"event id '{text}' is neither an id nor a range FIRST-LAST")
-    return ranges
-
-
-def _chosen_ids(directory: Path, available: list[int], items: Sequence[str | int]) -> list[int]:
-    """The directory's events selected by id and range items (in the items' order, no repeats).
-
-    An id must be in the directory; a range takes the directory's events within it (at least
-    one).
-    """
-    known = np.asarray(available)
-    chosen: list[int] = []
-    for first, last in parse_event_ids(items):
-        inside = known[(known >= first) & (known <= last)].tolist()
-        if not inside:
-            what = f"event {first:09d}" if first == last else f"event in {first}-{last}"
-            raise InputError(
-                directory,
-                f"no {what} here ({len(available)} events, ids {available[0]}..{available[-1]})",
-            )
-        chosen.extend(inside)
-    return list(dict.fromkeys(chosen))
-
-
 def select_events(
     events: Sequence[str | os.PathLike[str]], ids: Sequence[str | int] | None = None
 ) -> list[Path]:
@@ -230,7 +186,7 @@ def select_events(
         available = list_event_ids(directory)
         if not available:
             raise InputError(directory, "no TrackML events (event#########-hits.csv[.gz]) here")
-        chosen = _chosen_ids(directory, available, ids) if ids else available
+        chosen = select_event_ids(ids, available, directory) if ids else available
         prefixes = [event_prefix(directory, event_id) for event_id in chosen]
     else:
         if ids:

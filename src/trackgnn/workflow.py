@@ -6,13 +6,17 @@ stay thin.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import yaml
 
 from trackgnn.atomic import write_text_atomic
 from trackgnn.config import Config, section_hash
-from trackgnn.io import event_prefix, find_event_file, list_event_ids
+from trackgnn.errors import ConfigError
+from trackgnn.io import event_prefix, find_event_file, list_event_ids, select_event_ids
+
+SPLITS = ("train", "val", "test")
 
 
 class WorkflowContext:
@@ -32,21 +36,44 @@ class WorkflowContext:
 
     def event_ids(self, split: str) -> list[str]:
         """Nine-digit event ids of a split (``train``, ``val``, ``test``, ``all``)."""
-        return [f"{i:09d}" for i in self.cfg.event_ids(split)]  # type: ignore[arg-type]
+        if split == "all":
+            return [e for name in SPLITS for e in self.event_ids(name)]
+        return [f"{i:09d}" for i in self.split_ids[split]]
 
-    def check_trackml_events(self) -> None:
-        """For ``data.source: trackml``: every configured event must exist in the directory."""
-        from trackgnn.errors import ConfigError
+    @cached_property
+    def split_ids(self) -> dict[str, list[int]]:
+        """The events of each split: ``data.events`` when given, else consecutive counted ids.
 
-        directory = self.cfg.data.trackml_dir
-        available = set(list_event_ids(directory)) if directory else set()
-        missing = [i for i in self.cfg.event_ids("all") if i not in available]
-        if missing:
-            raise ConfigError(
-                f"{directory}: no TrackML event {missing[0]:09d} (configured ids "
-                f"{self.cfg.event_ids('all')[0]}..{self.cfg.event_ids('all')[-1]}, "
-                f"{len(available)} events found)"
-            )
+        With ``data.source: trackml`` every event must be in the directory. Raises ConfigError
+        (an event in two splits, a missing event) or InputError (no such directory).
+        """
+        d = self.cfg.data
+        available = list_event_ids(d.trackml_dir) if d.source == "trackml" else None
+        if d.events is not None:
+            splits = {
+                name: select_event_ids(d.events[name], available, d.trackml_dir) for name in SPLITS
+            }
+        else:
+            splits = {name: self.cfg.event_ids(name) for name in SPLITS}  # type: ignore[arg-type]
+        seen: dict[int, str] = {}
+        for name in SPLITS:
+            for event_id in splits[name]:
+                if event_id in seen:
+                    raise ConfigError(
+                        f"data: event {event_id:09d} is in both the {seen[event_id]} and the "
+                        f"{name} split"
+                    )
+                seen[event_id] = name
+        if available is not None:
+            known = set(available)
+            missing = [i for i in seen if i not in known]
+            if missing:
+                raise ConfigError(
+                    f"{d.trackml_dir}: no TrackML event {missing[0]:09d} "
+                    f"({len(missing)} of the {len(seen)} configured events missing, "
+                    f"{len(available)} events found)"
+                )
+        return splits
 
     def event_prefix(self, event: str) -> Path:
         """The TrackML file prefix of an event (simulated or the user's TrackML directory)."""

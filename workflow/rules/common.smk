@@ -9,11 +9,10 @@ wildcard_constraints:
     event=r"\d{9}",
 
 
-if CFG.data.source == "trackml":
-    try:
-        CTX.check_trackml_events()
-    except TrackGNNError as err:  # a missing directory (InputError) or event (ConfigError)
-        raise WorkflowError(str(err)) from None
+try:
+    CTX.split_ids
+except TrackGNNError as err:  # a missing directory (InputError), event or overlap (ConfigError)
+    raise WorkflowError(str(err)) from None
 
 
 def split_files(stage, split, ext="pt"):
