@@ -8,6 +8,9 @@
 # Rules are thin: each calls one `trackgnn` subcommand; the logic lives in src/trackgnn.
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+min_version("9.0")
 
 from trackgnn.config import config_from_dict
 from trackgnn.errors import ConfigError
@@ -18,7 +21,9 @@ configfile: "config/config.yaml"
 
 
 try:
-    CFG = config_from_dict(config, "config (" + ", ".join(map(str, workflow.configfiles)) + ")")
+    CFG = config_from_dict(
+        config, "config (" + ", ".join(map(str, workflow.configfiles)) + ")"
+    )
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
@@ -79,7 +84,9 @@ def check_local_cuda():
 
 onstart:
     check_local_cuda()
-    shell("trackgnn runlog init --config {CONFIG:q} && trackgnn runlog start --config {CONFIG:q}")
+    shell(
+        "trackgnn runlog init --config {CONFIG:q} && trackgnn runlog start --config {CONFIG:q}"
+    )
 
 
 onsuccess:

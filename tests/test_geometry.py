@@ -1,4 +1,4 @@
-"""The TrackML geometry as derived from detectors.csv (figures from SIMULATION.md)."""
+"""The TrackML geometry as derived from detectors.csv (figures of the real TrackML detector)."""
 
 from __future__ import annotations
 

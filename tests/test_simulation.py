@@ -1,9 +1,9 @@
-"""The embedded event generator against the real-TrackML figures of SIMULATION.md.
+"""The embedded event generator against the figures of real TrackML events.
 
 One mu = 200 event is simulated once for the whole module; the other tests use small events.
 Tolerances are set from the event-to-event spread of a mu = 200 event (Poisson(200) collisions
 with negative-binomial multiplicities: about +-10 % in particle and hit counts) and from the known,
-documented differences between the SIMULATION.md parametrisation and the real files.
+documented differences between the generator's parametrisation and the real files.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ FEATURE_NAMES: list[str] = [
     "extent_v",
 ]
 
-# particle_id bit fields (SIMULATION.md): generation bits 24-35, secondary id bits 12-23.
+# particle_id bit fields of the TrackML dataset: generation bits 24-35, secondary id bits 12-23.
 _GENERATION_SHIFT, _SECONDARY_SHIFT, _FIELD_MASK = 24, 12, 0xFFF
 
 

@@ -1,7 +1,7 @@
 """Scaling study of data-parallel Interaction GNN training (``trackgnn study scaling``).
 
-As in the paper ``scalable-ddp-training.md``: train the GNN for a fixed workload at world sizes
-P = 1, 2, 4 ... and compare times. Two studies:
+As in "Scalable GNN Training for Track Finding" (Calafiura et al.): train the GNN for a fixed
+workload at world sizes P = 1, 2, 4 ... and compare times. Two studies:
 
 * **strong** scaling: the global work is fixed (ShaDow: a global batch of ``B`` roots per step,
   ``B / P`` per rank, ``M`` steps; full graphs: ``M`` event graphs, ``M / P`` steps of one graph

@@ -5,13 +5,16 @@ import re
 
 from trackgnn.errors import TrackGNNError
 
+
 wildcard_constraints:
     event=r"\d{9}",
 
 
 try:
     CTX.split_ids
-except TrackGNNError as err:  # a missing directory (InputError), event or overlap (ConfigError)
+except (
+    TrackGNNError
+) as err:  # a missing directory (InputError), event or overlap (ConfigError)
     raise WorkflowError(str(err)) from None
 
 
@@ -89,7 +92,9 @@ def _check_resource_environment():
 
 def _check_rank_launcher():
     """srun ranks need at least two of them, filling whole nodes."""
-    train_gnn = (workflow.resource_settings.overwrite_resources or {}).get("train_gnn", {})
+    train_gnn = (workflow.resource_settings.overwrite_resources or {}).get(
+        "train_gnn", {}
+    )
     if "mpi" not in train_gnn:
         return
     world = CFG.gnn.world_size
@@ -98,7 +103,9 @@ def _check_rank_launcher():
             "gnn.world_size: 1, but the profile launches train_gnn as srun ranks (resource mpi); "
             "set gnn.world_size to the number of GPUs (at least 2)"
         )
-    per_node = int(train_gnn["ranks_per_node"].raw) if "ranks_per_node" in train_gnn else world
+    per_node = (
+        int(train_gnn["ranks_per_node"].raw) if "ranks_per_node" in train_gnn else world
+    )
     if world > per_node and world % per_node:
         raise WorkflowError(
             f"gnn.world_size: {world} ranks do not fill nodes of {per_node} GPUs; "

@@ -4,15 +4,21 @@ if CFG.data.source == "simulate":
 
     rule simulate_event:
         output:
-            multiext(f"{RUN}/events/event{{event}}", "-hits.csv", "-cells.csv", "-particles.csv", "-truth.csv"),
-        params:
-            simulate=CFG.section("simulate"),
-            seed=CFG.seed,
-            output_dir=f"{RUN}/events",
+            multiext(
+                f"{RUN}/events/event{{event}}",
+                "-hits.csv",
+                "-cells.csv",
+                "-particles.csv",
+                "-truth.csv",
+            ),
         log:
             f"{RUN}/logs/simulate_event/event{{event}}.log",
         conda:
             CONDA_ENV
+        params:
+            simulate=CFG.section("simulate"),
+            seed=CFG.seed,
+            output_dir=f"{RUN}/events",
         shell:
             "trackgnn simulate --events 1 --first-event-id {wildcards.event} --seed {params.seed}"
             " --mu {params.simulate[mu]} --generator {params.simulate[generator]}"
@@ -26,12 +32,12 @@ rule features:
     output:
         features=f"{RUN}/features/event{{event}}.pt",
         metrics=f"{RUN}/features/event{{event}}.json",
-    params:
-        prefix=lambda wc: CTX.event_prefix(wc.event),
     log:
         f"{RUN}/logs/features/event{{event}}.log",
     conda:
         CONDA_ENV
+    params:
+        prefix=lambda wc: CTX.event_prefix(wc.event),
     shell:
         "trackgnn features --event {params.prefix:q} --output {output.features:q}"
         " --require-truth 2> {log:q}"

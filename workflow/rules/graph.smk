@@ -3,7 +3,10 @@
 
 def _training_params(section, inference_only=()):
     """A training rule's params: its section without inference-only keys, plus the seed."""
-    return {**{k: v for k, v in CFG.section(section).items() if k not in inference_only}, "seed": CFG.seed}
+    return {
+        **{k: v for k, v in CFG.section(section).items() if k not in inference_only},
+        "seed": CFG.seed,
+    }
 
 
 rule train_embedding:
@@ -12,16 +15,16 @@ rule train_embedding:
         val=split_files("features", "val"),
     output:
         f"{RUN}/models/embedding.ckpt",
-    params:
-        embedding=_training_params("embedding"),
-        device=CFG.device,
     log:
         f"{RUN}/logs/train_embedding.log",
+    conda:
+        CONDA_ENV
     threads: local_cores()
     resources:
         gpu=gpus(),
-    conda:
-        CONDA_ENV
+    params:
+        embedding=_training_params("embedding"),
+        device=CFG.device,
     shell:
         "trackgnn train embedding --config {CONFIG:q} --train {input.train:q} --val {input.val:q}"
         " --output {output:q} > {log:q} 2>&1"
@@ -34,14 +37,14 @@ rule build_graph:
     output:
         graph=f"{RUN}/graph/event{{event}}.pt",
         metrics=f"{RUN}/graph/event{{event}}.json",
-    params:
-        graph=CFG.section("graph"),
     log:
         f"{RUN}/logs/build_graph/event{{event}}.log",
-    resources:
-        gpu=gpus(),
     conda:
         CONDA_ENV
+    resources:
+        gpu=gpus(),
+    params:
+        graph=CFG.section("graph"),
     shell:
         "trackgnn build-graph --config {CONFIG:q} --model {input.model:q}"
         " --inputs {input.features:q} --outputs {output.graph:q} 2> {log:q}"
@@ -53,16 +56,16 @@ rule train_filter:
         val=split_files("graph", "val"),
     output:
         f"{RUN}/models/filter.ckpt",
-    params:
-        filter=_training_params("filter", inference_only=("cut", "chunk_edges")),
-        device=CFG.device,
     log:
         f"{RUN}/logs/train_filter.log",
+    conda:
+        CONDA_ENV
     threads: local_cores()
     resources:
         gpu=gpus(),
-    conda:
-        CONDA_ENV
+    params:
+        filter=_training_params("filter", inference_only=("cut", "chunk_edges")),
+        device=CFG.device,
     shell:
         "trackgnn train filter --config {CONFIG:q} --train {input.train:q} --val {input.val:q}"
         " --output {output:q} > {log:q} 2>&1"
@@ -75,15 +78,15 @@ rule filter_graph:
     output:
         graph=f"{RUN}/filter/event{{event}}.pt",
         metrics=f"{RUN}/filter/event{{event}}.json",
+    log:
+        f"{RUN}/logs/filter_graph/event{{event}}.log",
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=gpus(),
     params:
         cut=CFG.filter.cut,
         chunk_edges=CFG.filter.chunk_edges,
-    log:
-        f"{RUN}/logs/filter_graph/event{{event}}.log",
-    resources:
-        gpu=gpus(),
-    conda:
-        CONDA_ENV
     shell:
         "trackgnn filter --config {CONFIG:q} --model {input.model:q} --inputs {input.graph:q}"
         " --outputs {output.graph:q} 2> {log:q}"

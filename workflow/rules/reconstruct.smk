@@ -28,7 +28,16 @@ if RECONSTRUCT_CONFIGURED:
             events=RECONSTRUCT_PLAN.event_files(),
         output:
             submission=f"{RECONSTRUCT}/submission.csv",
-            events=[f"{RECONSTRUCT}/event{i:09d}.csv" for i in RECONSTRUCT_PLAN.event_ids],
+            events=[
+                f"{RECONSTRUCT}/event{i:09d}.csv" for i in RECONSTRUCT_PLAN.event_ids
+            ],
+        log:
+            f"{RUN}/logs/reconstruct.log",
+        conda:
+            CONDA_ENV
+        threads: local_cores()
+        resources:
+            gpu=gpus(),
         params:
             models=str(CFG.reconstruct.models),
             events=str(RECONSTRUCT_PLAN.events_dir),
@@ -38,13 +47,6 @@ if RECONSTRUCT_CONFIGURED:
             tracks=CFG.section("tracks"),
             evaluation=CFG.section("evaluation"),
             device=CFG.device,
-        log:
-            f"{RUN}/logs/reconstruct.log",
-        threads: local_cores()
-        resources:
-            gpu=gpus(),
-        conda:
-            CONDA_ENV
         shell:
             "trackgnn reconstruct --config {CONFIG:q} --models {params.models:q}"
             " --events {params.events:q} --ids {params.ids:q} --output {RECONSTRUCT:q} 2> {log:q}"

@@ -12,7 +12,9 @@ STUDY_DIR = f"{RUN}/study/scaling"
 # scaling splits them over the ranks), after a warm-up of one bulk draw.
 STUDY_STEPS = 32
 STUDY_WORLDS = world_sizes(
-    CFG.gnn.world_size if CFG.device == "cuda" else max(CFG.gnn.world_size, os.cpu_count() or 1)
+    CFG.gnn.world_size
+    if CFG.device == "cuda"
+    else max(CFG.gnn.world_size, os.cpu_count() or 1)
 )
 
 
@@ -34,22 +36,22 @@ rule study_scaling_measure:
         train=split_files("filter", "train"),
     output:
         f"{STUDY_DIR}/{{scaling}}-{{sampler}}-P{{world}}.json",
+    log:
+        f"{RUN}/logs/study_scaling/{{scaling}}-{{sampler}}-P{{world}}.log",
     wildcard_constraints:
         scaling="strong|weak",
         sampler=r"bulk-k\d+|reference|full",
         world=r"\d+",
-    params:
-        launcher=lambda wildcards, resources: rank_launcher(resources),
-        steps=STUDY_STEPS,
-    log:
-        f"{RUN}/logs/study_scaling/{{scaling}}-{{sampler}}-P{{world}}.log",
+    conda:
+        CONDA_ENV
     # Timings need the machine to themselves: locally one measurement at a time.
     threads: local_cores(STUDY_WORLDS[-1])
     resources:
         tasks=lambda wildcards: int(wildcards.world),
         gpu=lambda wildcards: gpus(int(wildcards.world)),
-    conda:
-        CONDA_ENV
+    params:
+        launcher=lambda wildcards, resources: rank_launcher(resources),
+        steps=STUDY_STEPS,
     shell:
         "{params.launcher} study scaling measure --config {CONFIG:q} --train {input.train:q}"
         " --sampler {wildcards.sampler} --scaling {wildcards.scaling}"
@@ -63,12 +65,12 @@ rule scaling:
         table=f"{RUN}/report/scaling/scaling.csv",
         rows=f"{RUN}/report/scaling/scaling.json",
         plots=expand(f"{RUN}/report/scaling/scaling_{{study}}.png", study=SCALINGS),
-    params:
-        report_dir=f"{RUN}/report/scaling",
     log:
         f"{RUN}/logs/study_scaling/report.log",
     conda:
         CONDA_ENV
+    params:
+        report_dir=f"{RUN}/report/scaling",
     shell:
         "trackgnn study scaling report --config {CONFIG:q} --inputs {input:q}"
         " --output-dir {params.report_dir:q} > {log:q} 2>&1 && cat {log:q}"

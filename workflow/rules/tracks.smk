@@ -7,14 +7,14 @@ rule build_tracks:
     output:
         tracks=f"{RUN}/tracks/event{{event}}.csv",
         metrics=f"{RUN}/tracks/event{{event}}.json",
-    params:
-        tracks=CFG.section("tracks"),
     log:
         f"{RUN}/logs/build_tracks/event{{event}}.log",
-    resources:
-        gpu=gpus(),
     conda:
         CONDA_ENV
+    resources:
+        gpu=gpus(),
+    params:
+        tracks=CFG.section("tracks"),
     shell:
         "trackgnn build-tracks --config {CONFIG:q} --inputs {input:q} --outputs {output.tracks:q}"
         " 2> {log:q}"
@@ -29,14 +29,14 @@ rule evaluate:
         events=[f for e in CTX.event_ids("test") for f in CTX.event_files(e)],
     output:
         f"{RUN}/report/summary.json",
-    params:
-        evaluation=CFG.section("evaluation"),
-        events=CTX.event_ids("test"),
-        report_dir=f"{RUN}/report",
     log:
         f"{RUN}/logs/evaluate.log",
     conda:
         CONDA_ENV
+    params:
+        evaluation=CFG.section("evaluation"),
+        events=CTX.event_ids("test"),
+        report_dir=f"{RUN}/report",
     shell:
         "trackgnn evaluate --config {CONFIG:q} --event-ids {params.events}"
         " --output-dir {params.report_dir:q} 2> {log:q}"

@@ -1,4 +1,4 @@
-"""The embedded TrackML event generator (see ``SIMULATION.md`` for the figures it reproduces).
+"""The embedded TrackML event generator (its tests compare it with real TrackML events).
 
 Public API:
 

@@ -27,7 +27,7 @@ PROTON_MASS = 0.93827209
 MIN_PT = 0.1
 MAX_ABS_ETA = 4.0
 
-# Minimum-bias parametrisation (SIMULATION.md).
+# Minimum-bias parametrisation, fitted to the real TrackML events' particle figures.
 MINBIAS_MEAN = 49.4
 MINBIAS_K = 1.2
 TSALLIS_T = 0.169

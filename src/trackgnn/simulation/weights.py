@@ -16,7 +16,7 @@ ORDER_PROPOSAL = np.array([10.0, 8.0, 6.0, 5.0, 3.0, 3.0, 3.0, 5.0, 6.0])
 ORDER_MIN_HITS = 4
 ORDER_MAX_HITS = 20
 
-# particle_id bit fields (SIMULATION.md).
+# particle_id bit fields of the TrackML dataset.
 VERTEX_SHIFT = 52
 PRIMARY_SHIFT = 36
 GENERATION_SHIFT = 24
