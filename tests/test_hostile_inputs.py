@@ -237,6 +237,45 @@ def test_unequal_inputs_and_outputs_fail_before_writing(tmp_path):
     assert files_under(tmp_path) == set(graphs) | {tmp_path / "c.yaml"}
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--tracks": []}, "2 --events but 1 --tracks files"),
+        ({"--timing": ["tracking"]}, "--timing tracking: not a stage"),
+        ({"--timing": ["tracks", "missing.json"]}, "missing.json: file does not exist"),
+        ({"--scored": ["missing.pt", "g1.pt"]}, "missing.pt: file does not exist"),
+    ],
+    ids=["count", "stage", "timing-file", "graph-file"],
+)
+def test_evaluate_reads_exactly_the_files_it_is_given(tmp_path, change, message):
+    """The evaluate command rebuilds no paths: every file is an argument, and a missing one is
+    named instead of skipped."""
+    graphs = []
+    for seed in (0, 1):
+        graphs.append(tmp_path / f"g{seed}.pt")
+        save_tensors(toy_graph(seed), graphs[-1])
+    tracks = tmp_path / "t.csv"
+    tracks.write_text("hit_id,track_id\n")
+    argv = {
+        "--events": [str(tmp_path / "event000000001"), str(tmp_path / "event000000002")],
+        "--tracks": [str(tracks)] * 2,
+        "--graphs": list(map(str, graphs)),
+        "--filtered": list(map(str, graphs)),
+        "--scored": list(map(str, graphs)),
+    }
+    for flag, values in change.items():
+        extra = [str(tmp_path / v) if v.endswith((".json", ".pt")) else v for v in values]
+        argv[flag] = [str(tracks)] if flag == "--tracks" else extra
+    args = [x for flag, values in argv.items() for x in (flag, *values)]
+    out = tmp_path / "report"
+    result = cli(
+        "evaluate", "--config", str(graph_config(tmp_path)), *args, "--output-dir", str(out)
+    )
+    line = fails_in_one_line(result, "evaluate")
+    assert message in line
+    assert not out.exists()
+
+
 def test_output_under_a_regular_file_is_one_line(tmp_path, event_dir):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trackgnn.atomic import write_json_atomic
-from trackgnn.errors import TrackGNNError
+from trackgnn.errors import ConfigError, InputError, TrackGNNError
 
 log = logging.getLogger("trackgnn")
 
@@ -209,28 +209,42 @@ def cmd_build_tracks(args: argparse.Namespace) -> None:
             run.log_metrics(metrics, step)
 
 
+TIMED_STAGES = ("features", "graph", "filter", "gnn", "tracks")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from trackgnn.evaluation.matching import EvaluationCuts
     from trackgnn.evaluation.report import EventInputs, evaluate_events, format_table
-    from trackgnn.workflow import WorkflowContext
 
     cfg = _load_config(args)
-    ctx = WorkflowContext(cfg)
-    run = cfg.run_dir
-    ids = [f"{i:09d}" for i in args.event_ids]
+    per_event = {"--tracks": args.tracks, "--graphs": args.graphs, "--filtered": args.filtered}
+    per_event["--scored"] = args.scored
+    for flag, files in per_event.items():
+        if len(files) != len(args.events):
+            raise ConfigError(
+                f"evaluate: {len(args.events)} --events but {len(files)} {flag} files"
+            )
+    timing: dict[str, list[Path]] = {}
+    for stage, *files in args.timing or []:
+        if stage not in TIMED_STAGES:
+            raise ConfigError(
+                f"evaluate: --timing {stage}: not a stage ({', '.join(TIMED_STAGES)})"
+            )
+        timing.setdefault(stage, []).extend(Path(f) for f in files)
+    for path in [*args.tracks, *args.graphs, *args.filtered, *args.scored]:
+        _require_file(path)
+    for path in (p for files in timing.values() for p in files):
+        _require_file(path)
     events = [
         EventInputs(
-            prefix=ctx.event_prefix(e),
-            tracks=run / "tracks" / f"event{e}.csv",
-            graphs={stage: run / stage / f"event{e}.pt" for stage in ("graph", "filter", "gnn")},
+            prefix=Path(prefix),
+            tracks=Path(tracks),
+            graphs={"graph": Path(graph), "filter": Path(filtered), "gnn": Path(scored)},
         )
-        for e in ids
+        for prefix, tracks, graph, filtered, scored in zip(
+            args.events, args.tracks, args.graphs, args.filtered, args.scored, strict=True
+        )
     ]
-    timing = {
-        stage: [run / stage / f"event{e}.json" for e in ids]
-        for stage in ("features", "graph", "filter", "gnn", "tracks")
-    }
-    timing = {stage: [p for p in paths if p.exists()] for stage, paths in timing.items()}
     ev = cfg.evaluation
     cuts = EvaluationCuts(
         min_pt=ev.min_pt,
@@ -251,6 +265,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         for artifact in sorted(Path(args.output_dir).glob("*")):
             mlrun.log_artifact(artifact)
     print(format_table(summary), file=sys.stderr)
+
+
+def _require_file(path: str | Path) -> None:
+    if not Path(path).is_file():
+        raise InputError(path, "file does not exist" if not Path(path).exists() else "not a file")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -374,7 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_tracks)
 
     p = with_config(sub.add_parser("evaluate", help="physics and edge metrics, plots, summary"))
-    p.add_argument("--event-ids", nargs="+", type=int, required=True, help="test event ids")
+    p.add_argument(
+        "--events", nargs="+", required=True, help="test event prefixes DIR/event#########"
+    )
+    p.add_argument("--tracks", nargs="+", required=True, help="track CSV of each event")
+    p.add_argument("--graphs", nargs="+", required=True, help="candidate graph of each event")
+    p.add_argument("--filtered", nargs="+", required=True, help="filtered graph of each event")
+    p.add_argument("--scored", nargs="+", required=True, help="GNN-scored graph of each event")
+    p.add_argument(
+        "--timing",
+        nargs="+",
+        action="append",
+        metavar=("STAGE", "JSON"),
+        help="a stage and the timing files of its executions (repeatable)",
+    )
     p.add_argument("--output-dir", type=Path, required=True, help="report directory")
     p.set_defaults(func=cmd_evaluate)
 

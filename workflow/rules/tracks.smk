@@ -27,6 +27,11 @@ rule evaluate:
         filter=split_files("filter", "test"),
         gnn=split_files("gnn", "test"),
         events=[f for e in CTX.event_ids("test") for f in CTX.event_files(e)],
+        timing_features=split_files("features", "test", "json"),
+        timing_graph=split_files("graph", "test", "json"),
+        timing_filter=split_files("filter", "test", "json"),
+        timing_gnn=split_files("gnn", "test", "json"),
+        timing_tracks=split_files("tracks", "test", "json"),
     output:
         f"{RUN}/report/summary.json",
     log:
@@ -35,8 +40,12 @@ rule evaluate:
         CONDA_ENV
     params:
         evaluation=CFG.section("evaluation"),
-        events=CTX.event_ids("test"),
+        events=[str(CTX.event_prefix(e)) for e in CTX.event_ids("test")],
         report_dir=f"{RUN}/report",
     shell:
-        "trackgnn evaluate --config {CONFIG:q} --event-ids {params.events}"
+        "trackgnn evaluate --config {CONFIG:q} --events {params.events:q}"
+        " --tracks {input.tracks:q} --graphs {input.graph:q} --filtered {input.filter:q}"
+        " --scored {input.gnn:q} --timing features {input.timing_features:q}"
+        " --timing graph {input.timing_graph:q} --timing filter {input.timing_filter:q}"
+        " --timing gnn {input.timing_gnn:q} --timing tracks {input.timing_tracks:q}"
         " --output-dir {params.report_dir:q} 2> {log:q}"
