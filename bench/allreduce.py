@@ -1,19 +1,28 @@
-"""Gradient synchronisation per step: one all-reduce per parameter tensor versus one coalesced call.
+"""Data-parallel training step: per-parameter all-reduce, one coalesced all-reduce, torch DDP.
 
-Two gloo processes (``--nproc``) hold the gradients of an Interaction GNN with the shapes of the
-paper's model (node and edge encoders, 8 message-passing iterations each with its own edge MLP and
-node MLP, an edge classifier head; 3-layer MLPs with LayerNorm; concatenation of the encoded inputs)
-and synchronise them with ``allreduce_gradients_per_parameter`` and with
-``allreduce_gradients_coalesced`` from ``trackgnn.training.distributed``, interleaved repetition by
-repetition (the order alternates) after untimed warm-up rounds. Ranks meet at a barrier before each
-timed call, so the time is the synchronisation's, not a wait for the other rank; each timed call
-gets freshly allocated gradient tensors, as after ``backward`` in training.
+Two gloo processes (``--nproc``), one thread each, train the package's Interaction GNN
+(``trackgnn.models.interaction_gnn``: 8 iterations, 2-layer MLPs with LayerNorm, concatenated
+skips) on a synthetic graph per rank (``--nodes``, ``--edges``) at each ``--hidden`` size. One step
+is forward, loss, backward, gradient averaging and an AdamW step; three replicas of the model (same
+initial weights) take turns, one per mode, interleaved repetition by repetition (the order
+alternates) after untimed warm-up steps:
 
-Output (rank 0, stdout): one JSON line per measurement with ``mode`` (``per_parameter`` or
-``coalesced``), ``sync_ms``, ``n_tensors``, ``n_bytes``; then per hidden size one ``ratio`` line
-with the medians and ``ratio = median(per_parameter) / median(coalesced)``.
+* ``per_parameter``: backward, then one ``all_reduce`` per parameter tensor;
+* ``coalesced``: backward, then ``allreduce_gradients_coalesced`` (one flat buffer, one call);
+* ``torch_ddp``: ``DistributedDataParallel`` as Lightning's ``DDPStrategy`` builds it for
+  training (``one_bucket_ddp_kwargs``: one bucket, gradients as bucket views, static graph), its
+  bucket reduced by ``timed_allreduce_hook`` during backward.
 
-    python bench/allreduce.py --quick     # < 1 minute
+Ranks meet at a barrier before each timed step. ``step_ms`` is the whole step; ``sync_ms`` the
+gradient averaging (for ``torch_ddp`` the hook's time from issuing the all-reduce to its
+completion, which may overlap the end of backward).
+
+Output (rank 0, stdout): one JSON line per step with ``mode``, ``sync_ms``, ``step_ms``,
+``allreduce_calls``, ``n_tensors``, ``n_bytes``; then per hidden size one ``summary`` line with the
+median ``sync_ms`` and ``step_ms`` of each mode and their ratios to ``torch_ddp`` (above 1: slower
+than torch DDP), and the median of the per-repetition step ratios coalesced / torch DDP.
+
+    python bench/allreduce.py --quick     # about a minute
     python bench/allreduce.py             # more repetitions
 """
 
@@ -26,132 +35,166 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.training.distributed import (
+    AllReduceHookState,
     allreduce_gradients_coalesced,
     allreduce_gradients_per_parameter,
+    model_bytes,
+    one_bucket_ddp_kwargs,
+    timed_allreduce_hook,
 )
 
 NODE_FEATURES = 12  # r, phi, z, eta + cell-cluster shape features
-EDGE_FEATURES = 6
-N_ITERATIONS = 8
-TARGET_RATIO = 20.0
+MODES = ("per_parameter", "coalesced", "torch_ddp")
 
 
-def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    """Three Linear layers, each followed by LayerNorm (acorn's make_mlp with layer_norm)."""
-    return nn.Sequential(
-        nn.Linear(n_in, hidden),
-        nn.LayerNorm(hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.LayerNorm(hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, n_out),
-        nn.LayerNorm(n_out) if n_out > 1 else nn.Identity(),
-    )
+def _graph(rank: int, n_nodes: int, n_edges: int) -> tuple[torch.Tensor, ...]:
+    """Random node and edge features, edges and labels; each rank has its own (data parallel)."""
+    gen = torch.Generator().manual_seed(100 + rank)
+    x = torch.randn(n_nodes, NODE_FEATURES, generator=gen)
+    edge_index = torch.randint(0, n_nodes, (2, n_edges), generator=gen)
+    edge_attr = torch.randn(n_edges, 6, generator=gen)
+    y = (torch.rand(n_edges, generator=gen) < 0.3).float()
+    return x, edge_attr, edge_index, y
 
 
-def interaction_gnn_parameters(hidden: int) -> list[nn.Parameter]:
-    """Parameters with the shapes of the paper's Interaction GNN (Algorithm 1), concat variant."""
-    state = 2 * hidden  # the current features concatenated with the encoded inputs
-    modules = [
-        _mlp(NODE_FEATURES, hidden, hidden),  # node encoder
-        _mlp(EDGE_FEATURES, hidden, hidden),  # edge encoder
-    ]
-    for _ in range(N_ITERATIONS):
-        modules.append(_mlp(3 * state, hidden, hidden))  # edge MLP: [edge, source, destination]
-        modules.append(
-            _mlp(2 * hidden + state, hidden, hidden)
-        )  # node MLP: [sum in, sum out, self]
-    modules.append(_mlp(3 * state, hidden, 1))  # edge classifier head
-    return [p for module in modules for p in module.parameters()]
+class _Replica:
+    """One model and optimizer, and how its gradients are averaged."""
 
+    def __init__(self, mode: str, hidden: int) -> None:
+        torch.manual_seed(0)
+        self.mode = mode
+        self.model: nn.Module = InteractionGNN(NODE_FEATURES, hidden=hidden)
+        self.params = list(self.model.parameters())
+        self.hook_state = AllReduceHookState()
+        self.sync: Callable[[list[nn.Parameter]], int] | None = None
+        if mode == "torch_ddp":
+            ddp = DistributedDataParallel(self.model, **one_bucket_ddp_kwargs(self.model))
+            ddp.register_comm_hook(self.hook_state, timed_allreduce_hook)
+            self.model = ddp
+        elif mode == "coalesced":
+            self.sync = allreduce_gradients_coalesced
+        else:
+            self.sync = allreduce_gradients_per_parameter
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
 
-def _gradient_template(params: list[nn.Parameter], rank: int) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(rank)
-    return [torch.randn(p.shape, generator=generator) for p in params]
-
-
-def _timed(sync, params: list[nn.Parameter], template: list[torch.Tensor]) -> float:
-    # Fresh gradient tensors each step, as backward after zero_grad(set_to_none=True) makes them
-    # (the coalesced call leaves the grads as views of its buffer, which must not carry over).
-    for p, g in zip(params, template, strict=True):
-        p.grad = g.clone()
-    dist.barrier()
-    start = time.perf_counter()
-    sync(params)
-    return (time.perf_counter() - start) * 1e3
+    def step(self, graph: tuple[torch.Tensor, ...]) -> tuple[float, float, int]:
+        """One timed training step: (step_ms, sync_ms, all-reduce calls)."""
+        x, edge_attr, edge_index, y = graph
+        self.optimizer.zero_grad(set_to_none=True)
+        self.hook_state.take()
+        dist.barrier()
+        start = time.perf_counter()
+        loss = F.binary_cross_entropy_with_logits(self.model(x, edge_attr, edge_index), y)
+        loss.backward()
+        if self.sync is None:
+            sync_ms, calls, _, _ = self.hook_state.take()
+        else:
+            sync_start = time.perf_counter()
+            calls = self.sync(self.params)
+            sync_ms = (time.perf_counter() - sync_start) * 1e3
+        self.optimizer.step()
+        return (time.perf_counter() - start) * 1e3, sync_ms, calls
 
 
 def _worker(
-    rank: int, world_size: int, port: int, hiddens: list[int], reps: int, warmup: int
+    rank: int,
+    world_size: int,
+    port: int,
+    hiddens: list[int],
+    reps: int,
+    warmup: int,
+    n_nodes: int,
+    n_edges: int,
 ) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120)
+        "gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=300)
     )
-    modes = {
-        "per_parameter": allreduce_gradients_per_parameter,
-        "coalesced": allreduce_gradients_coalesced,
-    }
+    graph = _graph(rank, n_nodes, n_edges)
     for hidden in hiddens:
-        torch.manual_seed(0)
-        params = interaction_gnn_parameters(hidden)
-        template = _gradient_template(params, rank)
-        n_tensors = len(params)
-        n_bytes = sum(p.numel() * p.element_size() for p in params)
+        replicas = {mode: _Replica(mode, hidden) for mode in MODES}
+        n_tensors = len(replicas["coalesced"].params)
+        n_bytes = model_bytes(replicas["coalesced"].model)
         for _ in range(warmup):
-            for sync in modes.values():
-                _timed(sync, params, template)
-        times: dict[str, list[float]] = {mode: [] for mode in modes}
+            for replica in replicas.values():
+                replica.step(graph)
+        steps: dict[str, list[float]] = {mode: [] for mode in MODES}
+        syncs: dict[str, list[float]] = {mode: [] for mode in MODES}
         for rep in range(reps):
-            order = list(modes) if rep % 2 == 0 else list(reversed(modes))
-            for mode in order:
-                elapsed = _timed(modes[mode], params, template)
-                times[mode].append(elapsed)
+            for mode in MODES if rep % 2 == 0 else reversed(MODES):
+                step_ms, sync_ms, calls = replicas[mode].step(graph)
+                steps[mode].append(step_ms)
+                syncs[mode].append(sync_ms)
                 if rank == 0:
                     line = {
                         "bench": "allreduce",
                         "mode": mode,
                         "rep": rep,
-                        "sync_ms": round(elapsed, 4),
+                        "sync_ms": round(sync_ms, 4),
+                        "step_ms": round(step_ms, 4),
+                        "allreduce_calls": calls,
                         "n_tensors": n_tensors,
                         "n_bytes": n_bytes,
                         "hidden": hidden,
                         "world_size": world_size,
-                        "backend": "gloo",
                     }
                     print(json.dumps(line), flush=True)
         if rank == 0:
-            per_parameter = statistics.median(times["per_parameter"])
-            coalesced = statistics.median(times["coalesced"])
-            ratio = per_parameter / coalesced
-            line = {
+            sync_med = {mode: statistics.median(syncs[mode]) for mode in MODES}
+            step_med = {mode: statistics.median(steps[mode]) for mode in MODES}
+            summary = {
                 "bench": "allreduce",
-                "ratio": round(ratio, 2),
-                "ratio_of": "median per_parameter / median coalesced sync_ms",
-                "median_per_parameter_ms": round(per_parameter, 4),
-                "median_coalesced_ms": round(coalesced, 4),
+                "summary": True,
+                "hidden": hidden,
+                **{f"median_sync_ms_{m}": round(v, 3) for m, v in sync_med.items()},
+                **{f"median_step_ms_{m}": round(v, 3) for m, v in step_med.items()},
+                "step_ratio_coalesced_to_torch_ddp": round(
+                    step_med["coalesced"] / step_med["torch_ddp"], 3
+                ),
+                "step_ratio_per_parameter_to_torch_ddp": round(
+                    step_med["per_parameter"] / step_med["torch_ddp"], 3
+                ),
+                # Paired by repetition (neighbouring steps share the machine's load).
+                "step_ratio_coalesced_to_torch_ddp_paired": round(
+                    statistics.median(
+                        c / d for c, d in zip(steps["coalesced"], steps["torch_ddp"], strict=True)
+                    ),
+                    3,
+                ),
+                "sync_ratio_coalesced_to_torch_ddp": round(
+                    sync_med["coalesced"] / sync_med["torch_ddp"], 3
+                ),
+                "sync_ratio_per_parameter_to_torch_ddp": round(
+                    sync_med["per_parameter"] / sync_med["torch_ddp"], 3
+                ),
+                "sync_ratio_per_parameter_to_coalesced": round(
+                    sync_med["per_parameter"] / sync_med["coalesced"], 3
+                ),
                 "reps": reps,
+                "nodes": n_nodes,
+                "edges": n_edges,
                 "n_tensors": n_tensors,
                 "n_bytes": n_bytes,
-                "hidden": hidden,
                 "world_size": world_size,
+                "backend": "gloo",
                 "torch_threads": torch.get_num_threads(),
                 "torch": torch.__version__,
-                "target": TARGET_RATIO,
-                "meets_target": ratio >= TARGET_RATIO,
             }
-            print(json.dumps(line), flush=True)
+            print(json.dumps(summary), flush=True)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -164,22 +207,24 @@ def _free_port() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few repetitions, < 1 minute")
+    parser.add_argument("--quick", action="store_true", help="few repetitions, about a minute")
     parser.add_argument("--nproc", type=int, default=2, help="gloo processes (default 2)")
     parser.add_argument(
         "--hidden", type=int, nargs="+", default=[64, 128], help="hidden sizes (default 64 128)"
     )
+    parser.add_argument("--nodes", type=int, default=500, help="graph nodes per rank")
+    parser.add_argument("--edges", type=int, default=2000, help="graph edges per rank")
     parser.add_argument("--reps", type=int, help="timed repetitions per mode")
     args = parser.parse_args(argv)
     if args.nproc < 2:
         parser.error("--nproc must be at least 2")
-    reps = args.reps or (15 if args.quick else 200)
-    warmup = 2 if args.quick else 10
+    reps = args.reps or (15 if args.quick else 50)
+    warmup = 2 if args.quick else 5
     # One thread per rank: the machine's cores are shared by the ranks.
     os.environ["OMP_NUM_THREADS"] = "1"
     mp.spawn(
         _worker,
-        args=(args.nproc, _free_port(), args.hidden, reps, warmup),
+        args=(args.nproc, _free_port(), args.hidden, reps, warmup, args.nodes, args.edges),
         nprocs=args.nproc,
         join=True,
     )
