@@ -8,7 +8,8 @@ initial weights) take turns, one per mode, interleaved repetition by repetition 
 alternates) after untimed warm-up steps:
 
 * ``per_parameter``: backward, then one ``all_reduce`` per parameter tensor;
-* ``coalesced``: backward, then ``allreduce_gradients_coalesced`` (one flat buffer, one call);
+* ``coalesced``: backward, then ``allreduce_gradients_coalesced`` (one flat buffer, one call;
+  the hand-written strategy trackgnn trained with before this measurement);
 * ``torch_ddp``: ``DistributedDataParallel`` as Lightning's ``DDPStrategy`` builds it for
   training (``one_bucket_ddp_kwargs``: one bucket, gradients as bucket views, static graph), its
   bucket reduced by ``timed_allreduce_hook`` during backward.
@@ -35,7 +36,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 import torch
@@ -48,8 +49,6 @@ from torch.nn.parallel import DistributedDataParallel
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.training.distributed import (
     AllReduceHookState,
-    allreduce_gradients_coalesced,
-    allreduce_gradients_per_parameter,
     model_bytes,
     one_bucket_ddp_kwargs,
     timed_allreduce_hook,
@@ -57,6 +56,104 @@ from trackgnn.training.distributed import (
 
 NODE_FEATURES = 12  # r, phi, z, eta + cell-cluster shape features
 MODES = ("per_parameter", "coalesced", "torch_ddp")
+
+
+def _distributed_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _trainable_unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Parameters that take gradients, each once, in first-seen order (identical on every rank)."""
+    seen: set[int] = set()
+    unique = []
+    for param in params:
+        if param.requires_grad and id(param) not in seen:
+            seen.add(id(param))
+            unique.append(param)
+    return unique
+
+
+# The two baselines below are the package's former gradient averaging (trackgnn trains with
+# torch DDP since this benchmark measured it faster); they live on here to be compared.
+
+
+def allreduce_gradients_coalesced(
+    params: Iterable[torch.Tensor], group: dist.ProcessGroup | None = None
+) -> int:
+    """Average the gradients of ``params`` over the ranks of ``group`` with one all-reduce.
+
+    All gradients are packed into one flat buffer, reduced with a single ``all_reduce`` and divided
+    by the world size (parameters of mixed dtypes or devices get one buffer per kind; a model of
+    one dtype on one device always gets exactly one). Afterwards each ``param.grad`` is a view
+    into the reduced buffer, so nothing is copied back. A parameter whose gradient is ``None`` on
+    some ranks counts as zero there; if it is ``None`` on every rank it stays ``None`` (like DDP's
+    unused parameters). To know that without a second collective, one presence flag per tensor
+    rides along in the same buffer.
+
+    Every rank must pass the same parameters in the same order. Without an initialised process
+    group (single-process training) there is nothing to average and nothing happens. Returns the
+    number of ``all_reduce`` calls made (1 for a uniform dtype, 0 when there is nothing to reduce).
+    """
+    trainable = _trainable_unique(params)
+    if not trainable or not _distributed_ready():
+        return 0
+    world_size = dist.get_world_size(group)
+    by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for param in trainable:
+        if param.grad is not None and param.grad.is_sparse:
+            raise ValueError("allreduce_gradients_coalesced: sparse gradients are not supported")
+        by_kind.setdefault((param.device, param.dtype), []).append(param)
+
+    n_calls = 0
+    for (device, dtype), group_params in by_kind.items():
+        pieces = [
+            p.grad.reshape(-1)
+            if p.grad is not None
+            else torch.zeros(p.numel(), dtype=dtype, device=device)
+            for p in group_params
+        ]
+        present = [p.grad is not None for p in group_params]
+        flags = torch.tensor(present, dtype=dtype, device=device)
+        flat = torch.cat([*pieces, flags])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        n_calls += 1
+
+        n_values = flat.numel() - len(group_params)
+        grads_flat = flat[:n_values]
+        # gloo has no AVG op; SUM then divide gives bit-identical results on every rank.
+        grads_flat.div_(world_size)
+        views = grads_flat.split([p.numel() for p in group_params])
+        # Reading the flags back forces a device sync on GPU, so only do it when this rank lacks a
+        # gradient (then another rank may or may not have one).
+        if all(present):
+            present_anywhere = present
+        else:
+            present_anywhere = (flat[n_values:] > 0).tolist()
+        for param, view, keep in zip(group_params, views, present_anywhere, strict=True):
+            param.grad = view.view_as(param) if keep else None
+    return n_calls
+
+
+def allreduce_gradients_per_parameter(
+    params: Iterable[torch.Tensor], group: dist.ProcessGroup | None = None
+) -> int:
+    """Average gradients with one ``all_reduce`` per parameter tensor (the baseline).
+
+    This is what a naive data-parallel loop does; it pays the collective latency once per tensor.
+    Every rank must hold a gradient for the same parameters. Without an initialised process group
+    nothing happens. Returns the number of calls made.
+    """
+    if not _distributed_ready():
+        return 0
+    world_size = dist.get_world_size(group)
+    n_calls = 0
+    for param in _trainable_unique(params):
+        if param.grad is None:
+            continue
+        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)
+        param.grad.div_(world_size)
+        n_calls += 1
+    return n_calls
 
 
 def _graph(rank: int, n_nodes: int, n_edges: int) -> tuple[torch.Tensor, ...]:
