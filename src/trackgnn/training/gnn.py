@@ -7,8 +7,12 @@ Training modes:
 * ``shadow``: the training events are joined into one disjoint-union graph, so a minibatch mixes
   roots (and subgraphs) from all events. Every vertex with at least one edge is a root once per
   epoch, in a seeded shuffled order; each step takes the next ``batch_size`` roots (global), split
-  ``batch_size / P`` per rank; the loss is over all induced edges of the sampled subgraphs, with
-  edges incident to a root weighted by ``root_weight``.
+  in P shares differing by at most one root; the loss is over all induced edges of the sampled
+  subgraphs, with edges incident to a root weighted by ``root_weight``.
+
+Any world size takes every event (or root) once per epoch; where the data does not split evenly,
+ranks left without any in an epoch's last step train on a zero-weight stand-in, and the log says
+so. Validation figures are computed over all validation events, identically on every rank.
 
 The label is ``y_pid`` (both hits from the same particle): track building joins hits by connected
 components, for which any same-particle edge is right.
