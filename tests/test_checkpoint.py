@@ -68,7 +68,9 @@ def test_killed_training_resumes_from_the_last_epoch(tmp_path, capsys):
     # Progress of the resumed run: its epochs, with elapsed and remaining time.
     lines = [line for line in out.splitlines() if line.startswith("[embedding] epoch")]
     assert [line.split()[2] for line in lines] == ["3/4", "4/4"]
-    assert all(re.search(r" elapsed (\d+m)?\d+s remaining (\d+m)?\d+s ", line) for line in lines), lines
+    assert all(re.search(r" elapsed (\d+m)?\d+s remaining (\d+m)?\d+s ", line) for line in lines), (
+        lines
+    )
     assert lines[-1].split(" remaining ")[1].startswith("0s ")
     # ... and ends with exactly the weights of the uninterrupted training (RNG restored too).
     final, expected = weights(ckpt), weights(reference)

@@ -2,8 +2,11 @@
 
 As gnn_tracking's tests do for its configs: a config whose keys, sizes or modes no longer fit the
 code fails here, not in the first hours of a user's run. The events are small synthetic ones and
-every stage trains one epoch (the GNN one step); the device is the CPU and the GNN one rank, since
-CUDA and the data-parallel ranks have their own tests. Everything else is the file's own.
+every stage trains one epoch (the GNN one step); the device is the CPU, the GNN one rank, eager and
+in fp32, since CUDA, the data-parallel ranks, autocast and ``torch.compile`` (GPU speed flags, tens
+of seconds of compiling) have their own tests and benchmarks; ShaDow minibatches hold at most 64
+roots (a GPU config's 1024 subgraphs of these dense toy events take 10 GB on a CPU). Everything
+else is the file's own.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ def test_shipped_config_trains_every_stage(path: Path, events, tmp_path: Path) -
     raw.update(results_dir=str(tmp_path / "results"), device="cpu")
     for stage in ("embedding", "filter", "gnn"):
         raw.setdefault(stage, {})["epochs"] = 1
-    raw["gnn"]["world_size"] = 1
+    gnn = raw["gnn"]
+    gnn.update(world_size=1, amp=False, compile=False)
+    shadow = gnn.setdefault("shadow", {})
+    shadow["batch_size"] = min(shadow.get("batch_size", 64), 64)
     cfg = config_from_dict(raw, str(path))
     models = tmp_path / "models"
     features, graphs = events["features"], events["graphs"]
