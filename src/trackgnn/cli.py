@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import logging
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from trackgnn.atomic import write_json_atomic
 from trackgnn.errors import ConfigError, InputError, TrackGNNError
+from trackgnn.process import peak_rss_mb
 
 log = logging.getLogger("trackgnn")
 
@@ -96,7 +96,7 @@ def _timed(output: str | Path) -> Iterator[dict[str, Any]]:
     start = time.perf_counter()
     yield figures
     figures["wall_s"] = time.perf_counter() - start
-    figures["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    figures["peak_memory_mb"] = peak_rss_mb()
     figures["n_events"] = 1
     write_json_atomic(Path(output).with_suffix(".json"), figures)
 
