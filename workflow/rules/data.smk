@@ -16,13 +16,12 @@ if CFG.data.source == "simulate":
         conda:
             CONDA_ENV
         params:
+            # the settings the command reads from the config: a change reruns the simulation
             simulate=CFG.section("simulate"),
             seed=CFG.seed,
             output_dir=f"{RUN}/events",
         shell:
-            "trackgnn simulate --events 1 --first-event-id {wildcards.event} --seed {params.seed}"
-            " --mu {params.simulate[mu]} --generator {params.simulate[generator]}"
-            " --field {params.simulate[field]} --noise-fraction {params.simulate[noise_fraction]}"
+            "trackgnn simulate --config {CONFIG:q} --events 1 --first-event-id {wildcards.event}"
             " --output {params.output_dir:q} 2> {log:q}"
 
 

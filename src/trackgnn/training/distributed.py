@@ -415,6 +415,15 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it: torchrun's ``RANK``, else SLURM's
+    ``SLURM_PROCID``, else 0 (not launched as ranks)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return _env_int(name)
+    return 0
+
+
 def is_rank_zero() -> bool:
     """True on the process that should write files and log (global rank 0).
 

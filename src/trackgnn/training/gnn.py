@@ -43,6 +43,7 @@ from trackgnn.errors import TrackGNNError
 from trackgnn.io import load_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.models.mlp import angle_columns
+from trackgnn.process import peak_rss_mb
 from trackgnn.scoring import (
     GRAPH_KEYS,
     KIND,
@@ -50,7 +51,6 @@ from trackgnn.scoring import (
     edge_classification_metrics,
     event_graph,
     load_event_graph,
-    peak_rss_mb,
 )
 from trackgnn.training.checkpoint import (
     EpochReport,
@@ -65,7 +65,12 @@ from trackgnn.training.checkpoint import (
     resume_key,
     save_checkpoint_atomic,
 )
-from trackgnn.training.distributed import gradient_sync_stats, is_rank_zero, trainer_kwargs
+from trackgnn.training.distributed import (
+    gradient_sync_stats,
+    is_rank_zero,
+    launch_rank,
+    trainer_kwargs,
+)
 from trackgnn.training.schedule import one_cycle_optimization
 
 
@@ -430,8 +435,7 @@ def _graph_loader(stream: IterableDataset) -> DataLoader:
 
 
 def _rank_and_world(world_size: int) -> tuple[int, int]:
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-    return (rank if world_size > 1 else 0), world_size
+    return (launch_rank() if world_size > 1 else 0), world_size
 
 
 def train_gnn(
