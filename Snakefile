@@ -7,6 +7,8 @@
 #                                      (workflow/rules/reconstruct.smk)
 # Rules are thin: each calls one `trackgnn` subcommand; the logic lives in src/trackgnn.
 
+import sys
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
@@ -86,6 +88,12 @@ onstart:
     check_local_cuda()
     shell(
         "trackgnn runlog init --config {CONFIG:q} && trackgnn runlog start --config {CONFIG:q}"
+    )
+    # Training jobs run for minutes to hours with their output in their logs: say where.
+    print(
+        f"Each job's log is under {RUN}/logs/ (the 'log:' line of the job); follow a training"
+        f" stage's epochs, elapsed and remaining time with: tail -f {RUN}/logs/train_gnn.log",
+        file=sys.stderr,
     )
 
 

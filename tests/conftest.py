@@ -9,7 +9,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
 import yaml
 
@@ -17,6 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "config" / "smoke.yaml"
 #: The smoke config made quicker still: one epoch per training.
 QUICK = {"embedding": {"epochs": 1}, "filter": {"epochs": 1}, "gnn": {"epochs": 1}}
+#: The smoke run the workflow and reconstruction tests share (trained once per test session).
+SMOKE_RUN = "rerun"
+#: Epochs and GNN settings with which the smoke events are learnt in about two minutes of
+#: training: enough for the physics floors of the workflow tests, which a broken stage would miss.
+LEARNS = {
+    "run": SMOKE_RUN,
+    "embedding": {"epochs": 6},
+    "filter": {"epochs": 6},
+    "gnn": {"mode": "full", "phi_sectors": 4, "epochs": 12, "n_iterations": 3, "lr": 0.01},
+}
 
 
 def tool_env(extra_path: Sequence[Path] = ()) -> dict[str, str]:
@@ -114,3 +126,13 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A working directory in which the smoke pipeline (``LEARNS``) has run to completion."""
+    work = tmp_path_factory.mktemp("smoke-run")
+    base = write_config(work / "base.yaml", LEARNS)
+    result = snakemake(work, configs=[SMOKE, base])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return SimpleNamespace(work=work, base=base, run=work / "results" / SMOKE_RUN)

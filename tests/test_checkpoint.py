@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -13,7 +14,7 @@ from trackgnn.graph.construction import build_graph, filter_graph
 from trackgnn.io import save_tensors
 from trackgnn.models.checkpoint import load_model, read_checkpoint
 from trackgnn.models.embedding import EmbeddingNet
-from trackgnn.training.checkpoint import last_checkpoint_path
+from trackgnn.training.checkpoint import format_duration, last_checkpoint_path
 from trackgnn.training.embedding import train_embedding
 
 
@@ -30,6 +31,10 @@ def trained(tmp_path_factory):
 
 def weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_durations_read_as_hours_minutes_seconds():
+    assert [format_duration(s) for s in (0.4, 42, 185, 3725)] == ["0s", "42s", "3m05s", "1h02m"]
 
 
 def test_killed_training_resumes_from_the_last_epoch(tmp_path, capsys):
@@ -58,7 +63,15 @@ def test_killed_training_resumes_from_the_last_epoch(tmp_path, capsys):
     epochs_run = []
     train_embedding(cfg, files[:2], files[2:], ckpt, log=lambda m, epoch: epochs_run.append(epoch))
     assert epochs_run == [2, 3]
-    assert "resuming from" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming from" in out
+    # Progress of the resumed run: its epochs, with elapsed and remaining time.
+    lines = [line for line in out.splitlines() if line.startswith("[embedding] epoch")]
+    assert [line.split()[2] for line in lines] == ["3/4", "4/4"]
+    assert all(re.search(r" elapsed (\d+m)?\d+s remaining (\d+m)?\d+s ", line) for line in lines), (
+        lines
+    )
+    assert lines[-1].split(" remaining ")[1].startswith("0s ")
     # ... and ends with exactly the weights of the uninterrupted training (RNG restored too).
     final, expected = weights(ckpt), weights(reference)
     assert final.keys() == expected.keys()

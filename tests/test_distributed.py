@@ -1,9 +1,9 @@
-"""Data-parallel training with one coalesced gradient all-reduce per step.
+"""Data-parallel training with torch DDP and one gradient all-reduce per step.
 
 The multi-process tests start two real gloo ranks (through torchrun, and through a simulated SLURM
-srun) that run this file as a script (see ``_worker``), train a small many-tensor model through a
-Lightning Trainer, and write what they saw to files the tests then check against a single-process
-reference trained on the union of both ranks' data.
+srun) that run this file as a script (see ``_worker``), train a many-tensor model larger than DDP's
+default first bucket through a Lightning Trainer, and write what they saw to files the tests then
+check against a single-process reference trained on the union of both ranks' data.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from torch import nn
 import trackgnn.training.distributed as distributed
 from trackgnn.errors import ConfigError
 from trackgnn.training.distributed import (
-    CoalescedDDPStrategy,
     GradSyncStats,
-    allreduce_gradients_coalesced,
-    allreduce_gradients_per_parameter,
+    OneBucketDDPStrategy,
     detect_launch,
     gradient_sync_stats,
     is_rank_zero,
     local_batch_size,
     make_strategy,
+    model_bytes,
+    one_bucket_ddp_kwargs,
     trainer_kwargs,
 )
 
@@ -43,7 +43,7 @@ WORLD_SIZE = 2
 N_STEPS = 4
 BATCH_PER_RANK = 8
 IN_DIM = 6
-HIDDEN = 16
+HIDDEN = 640  # 4.7 MiB of parameters: torch DDP's defaults would reduce them in 2 buckets
 LR = 0.05
 MOMENTUM = 0.9
 CLIP_NORM = 0.2  # small enough to clip every step: clipping must act on the averaged gradient
@@ -128,8 +128,8 @@ def _worker(out_dir: Path, launcher: str) -> None:
     rank = int(os.environ["RANK"] if launcher == "torchrun" else os.environ["SLURM_PROCID"])
     timeout_s = HANG_TIMEOUT_S if launcher == "torchrun" else TRAIN_TIMEOUT_S
 
-    # Count every all-reduce issued through torch.distributed (the strategy looks it up at call
-    # time, so this wrapper sees its calls).
+    # Count every all-reduce issued through torch.distributed (the strategy's DDP hook looks it
+    # up at call time, so this wrapper sees its calls).
     n_allreduce = [0]
     real_all_reduce = dist.all_reduce
 
@@ -159,6 +159,8 @@ def _worker(out_dir: Path, launcher: str) -> None:
             self.sync_ms_seen: list[float] = []
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            # Lightning unwraps the module at teardown: look while training.
+            self.wrapped = isinstance(trainer.strategy.model, DistributedDataParallel)
             self.start = n_allreduce[0]
 
         def on_before_optimizer_step(self, trainer, module, optimizer):
@@ -192,30 +194,11 @@ def _worker(out_dir: Path, launcher: str) -> None:
         "per_batch_allreduce": counter.per_batch,
         "sync_ms_seen": counter.sync_ms_seen,
         "stats": vars(stats).copy(),
-        "wrapped_in_ddp": isinstance(trainer.strategy.model, DistributedDataParallel),
+        "wrapped_in_ddp": counter.wrapped,
         "n_params": len(list(module.parameters())),
         "n_param_bytes": sum(p.numel() * p.element_size() for p in module.parameters()),
     }
 
-    # The plain-torch functions on hand-made gradients: rank r holds (r + 1) * base; one tensor has
-    # no gradient on rank 1, one has none anywhere.
-    shapes = [(3, 4), (5,), (2, 2), (7,), (4,), (3,)]
-    params = [nn.Parameter(torch.zeros(s)) for s in shapes]
-    for i, p in enumerate(params[:4]):
-        p.grad = (rank + 1) * torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape) + i
-    if rank == 0:
-        params[4].grad = torch.full((4,), 3.0)
-    before = n_allreduce[0]
-    result["coalesced_calls_returned"] = allreduce_gradients_coalesced(params)
-    result["coalesced_calls_counted"] = n_allreduce[0] - before
-    result["coalesced_grads"] = [None if p.grad is None else p.grad.clone() for p in params]
-    baseline = [nn.Parameter(torch.zeros(s)) for s in shapes[:4]]
-    for i, p in enumerate(baseline):
-        p.grad = (rank + 1) * torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape) + i
-    before = n_allreduce[0]
-    result["per_parameter_calls_returned"] = allreduce_gradients_per_parameter(baseline)
-    result["per_parameter_calls_counted"] = n_allreduce[0] - before
-    result["per_parameter_grads"] = [p.grad.clone() for p in baseline]
     torch.save(result, out_dir / f"rank{rank}.pt")
 
     if launcher != "torchrun":
@@ -333,7 +316,7 @@ def _assert_trained_like_union(ranks: list[dict]) -> None:
     for result in ranks:
         assert result["world_size"] == WORLD_SIZE
         assert result["is_rank_zero"] == (result["rank"] == 0)
-        assert not result["wrapped_in_ddp"], "torch DDP would all-reduce a second time"
+        assert result["wrapped_in_ddp"]
         assert result["per_batch_allreduce"] == [1] * N_STEPS
         stats = result["stats"]
         assert stats["syncs"] == N_STEPS
@@ -356,24 +339,6 @@ def _assert_trained_like_union(ranks: list[dict]) -> None:
 
 def test_torchrun_two_ranks_train_like_one_process_on_the_union(launches):
     _assert_trained_like_union(_load_ranks(launches["torchrun"]))
-
-
-def test_plain_torch_allreduce_functions_average_over_ranks(launches):
-    ranks = _load_ranks(launches["torchrun"])
-    shapes = [(3, 4), (5,), (2, 2), (7,)]
-    for result in ranks:
-        assert result["coalesced_calls_returned"] == result["coalesced_calls_counted"] == 1
-        assert result["per_parameter_calls_returned"] == 4
-        assert result["per_parameter_calls_counted"] == 4
-        grads = result["coalesced_grads"]
-        for i, shape in enumerate(shapes):
-            base = torch.arange(torch.Size(shape).numel(), dtype=torch.float32).reshape(shape)
-            expected = (1 * base + i + 2 * base + i) / 2
-            assert torch.equal(grads[i], expected)
-            assert torch.equal(result["per_parameter_grads"][i], expected)
-        # Missing on rank 1 only: counts as zero there. Missing everywhere: stays None.
-        assert torch.equal(grads[4], torch.full((4,), 1.5))
-        assert grads[5] is None
 
 
 def test_stuck_rank_fails_the_others_after_the_timeout(launches):
@@ -420,7 +385,7 @@ def test_make_strategy_single_process_and_local_multi_process(clean_env):
     assert gradient_sync_stats(trainer) == GradSyncStats()  # logs allreduce_ms = 0
 
     strategy = make_strategy(2, "cpu", timeout_s=42)
-    assert isinstance(strategy, CoalescedDDPStrategy)
+    assert isinstance(strategy, OneBucketDDPStrategy)
     assert strategy.parallel_devices == [torch.device("cpu")] * 2
     assert strategy.process_group_backend == "gloo"
     assert strategy._timeout == timedelta(seconds=42)
@@ -509,12 +474,14 @@ def test_local_batch_size_splits_the_global_batch_evenly():
         local_batch_size(256, 3)
 
 
-def test_allreduce_functions_are_no_ops_without_a_process_group():
-    param = nn.Parameter(torch.zeros(3))
-    param.grad = torch.ones(3)
-    assert allreduce_gradients_coalesced([param]) == 0
-    assert allreduce_gradients_per_parameter([param]) == 0
-    assert torch.equal(param.grad, torch.ones(3))
+def test_one_bucket_holds_the_whole_model_where_ddp_defaults_would_split_it():
+    net = _make_net(0)
+    size = model_bytes(net)
+    # Above DDP's default first bucket (1 MiB): the launches above test a real split avoided.
+    assert size > 2**20
+    kwargs = one_bucket_ddp_kwargs(net)
+    assert kwargs["bucket_cap_mb"] * 2**20 >= size
+    assert kwargs["gradient_as_bucket_view"] and kwargs["static_graph"]
 
 
 def test_grad_sync_stats_record_and_reset():

@@ -29,10 +29,10 @@ pytestmark = [
 ]
 
 EXPERIMENT = "trackgnn"
-COMPARED_METRIC = "trackml_score.all"
+COMPARED_METRIC = "trackml_score/all"
 # The compare page renders only the first rows of its (alphabetical) metric table, so the
 # browser check looks for an early metric; the REST checks cover the headline ones.
-RENDERED_METRIC = "counts.n_selected.all"
+RENDERED_METRIC = "counts/n_selected/all"
 REPO = Path(__file__).parents[1]
 
 # Two configurations of one smoke run that differ in the track-building cut: the second execution
@@ -112,7 +112,7 @@ def test_two_configs_compared_in_the_mlflow_ui(tmp_path: Path) -> None:
             metrics, params = _kv(data.get("metrics")), _kv(data.get("params"))
             assert 0 <= metrics[COMPARED_METRIC] <= 1
             assert RENDERED_METRIC in metrics
-            assert "physics_efficiency.pt_gt_0.5.error" in metrics or "n_events" in metrics
+            assert "physics_efficiency/pt_gt_0.5_error" in metrics or "n_events" in metrics
             assert params["tracks.score_cut"] == str(VARIANTS[name]["tracks"]["score_cut"])
             stages = _search(
                 base, experiment_id, f"tags.`trackgnn.pipeline_run_id` = '{info['run_id']}'"

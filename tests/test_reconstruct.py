@@ -26,10 +26,10 @@ from trackgnn.io import list_event_ids
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.simulation import simulate_events
 
-from .conftest import QUICK, SMOKE, planned_jobs, snakemake, write_config
+from .conftest import QUICK, SMOKE, SMOKE_RUN, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
-TRAINING_RUN = "train"
+TRAINING_RUN = SMOKE_RUN
 EVENT_IDS = (7001, 7005, 7042)  # not one consecutive range
 TEST_EVENT = "000005003"  # the smoke config's only test event
 
@@ -54,15 +54,12 @@ def write_events(directory: Path, ids, truth: bool, seed: int = 11) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished quick smoke run (its models) and a directory of truth-less gzipped events."""
-    work = tmp_path_factory.mktemp("reconstruct")
-    base = write_config(work / "train.yaml", {**QUICK, "run": TRAINING_RUN})
-    result = snakemake(work, configs=[SMOKE, base])
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    run = work / "results" / TRAINING_RUN
-    events = write_events(work / "test_events", EVENT_IDS, truth=False)
-    return SimpleNamespace(work=work, run=run, models=run / "models", events=events, base=base)
+def trained(smoke_run):
+    """The shared smoke run (its models) and a directory of truth-less gzipped events."""
+    events = write_events(smoke_run.work / "test_events", EVENT_IDS, truth=False)
+    return SimpleNamespace(
+        work=smoke_run.work, run=smoke_run.run, models=smoke_run.run / "models", events=events
+    )
 
 
 def check_submission(output: Path, events: Path, ids) -> pd.DataFrame:

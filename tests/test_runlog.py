@@ -103,10 +103,10 @@ def test_pipeline_run_links_stage_runs_with_params_metrics_and_artifacts(store, 
     assert params["evaluation.pt_cuts.pt_gt_0.5"] == "0.5"
     assert len(params["long"]) == 6000 and params["long"].endswith("[truncated]")
     metrics = pipeline.data.metrics
-    assert metrics["physics_efficiency.pt_gt_0.5"] == pytest.approx(0.93)
-    assert metrics["physics_efficiency.pt_gt_0.5.error"] == pytest.approx(0.01)
-    assert metrics["physics_efficiency.all"] == pytest.approx(0.81)
-    assert metrics["edge_metrics.gnn.auc"] == pytest.approx(0.99)
+    assert metrics["physics_efficiency/pt_gt_0.5"] == pytest.approx(0.93)
+    assert metrics["physics_efficiency/pt_gt_0.5_error"] == pytest.approx(0.01)
+    assert metrics["physics_efficiency/all"] == pytest.approx(0.81)
+    assert metrics["edge_metrics/gnn/auc"] == pytest.approx(0.99)
     assert metrics["n_events"] == 2
     assert "label" not in metrics and "table" not in metrics
     artifacts = {f.path for f in client.list_artifacts(run_id)}
@@ -130,7 +130,7 @@ def test_pipeline_run_links_stage_runs_with_params_metrics_and_artifacts(store, 
         (1, 0.5),
         (2, 0.3),
     ]
-    assert train.data.metrics["val.auc"] == pytest.approx(0.7)
+    assert train.data.metrics["val/auc"] == pytest.approx(0.7)
     tracks = by_stage["build_tracks"]
     assert tracks.info.run_name == "tracks-b0"
     assert tracks.data.metrics["pt_gt_0.5 eff"] == pytest.approx(0.9)
@@ -227,6 +227,8 @@ def test_init_store_is_idempotent_and_uri_precedence(tmp_path, monkeypatch):
     assert runlog.init_store(uri, "trackgnn") == first
     exp = MlflowClient(uri).get_experiment_by_name("trackgnn")
     assert exp.artifact_location == (results / "mlartifacts").resolve().as_uri()
+    # Opens as model training in the MLflow UI, not as a GenAI application.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     assert runlog.resolve_tracking_uri(None, results) == "http://127.0.0.1:9"
@@ -238,7 +240,9 @@ def test_metric_names_are_sanitised():
     assert runlog.sanitize_key("|eta|<4") == "_eta__lt_4"
     assert runlog.sanitize_key("a b/c-d.e_f") == "a b/c-d.e_f"
     flat = runlog.flatten_metrics({"x": {"pt>=1": {"value": 2, "error": None}}, "ok": True})
-    assert flat == {"x.pt_ge_1": 2.0, "ok": 1.0}
+    assert flat == {"x/pt_ge_1": 2.0, "ok": 1.0}
+    flat = runlog.flatten_metrics({"x": {"a": {"value": 2, "error": 0.5}, "b": {"c": 3}}})
+    assert flat == {"x/a": 2.0, "x/a_error": 0.5, "x/b/c": 3.0}
 
 
 def test_system_metrics_are_sampled_during_a_stage(store):

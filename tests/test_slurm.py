@@ -142,7 +142,7 @@ def test_training_ran_as_two_srun_ranks_in_one_process_group(slurm_run):
     # Both ranks initialised the same process group of two members...
     members = re.findall(r"GLOBAL_RANK: (\d), MEMBER: (\d)/(\d)", train_log)
     assert sorted(members) == [("0", "1", "2"), ("1", "2", "2")]
-    # ...and trained as one: a world of 2, one coalesced all-reduce per optimizer step.
+    # ...and trained as one: a world of 2, one all-reduce per optimizer step.
     epoch = re.search(r"\[gnn\] epoch 1/1 (.*)", train_log)
     assert epoch is not None, train_log[-3000:]
     figures = dict(item.split("=") for item in epoch.group(1).split())

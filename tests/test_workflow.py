@@ -34,8 +34,10 @@ from trackgnn.io import save_tensors
 from trackgnn.studies import SamplerChoice, parse_sampler, scaling_rows, world_sizes
 
 from .conftest import (
+    LEARNS,
     REPO,
     SMOKE,
+    SMOKE_RUN,
     cli,
     planned_jobs,
     snakemake,
@@ -45,29 +47,17 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.slow
-RUN = "rerun"
+RUN = SMOKE_RUN
 TEST_EVENT = "000005003"  # the smoke config's only test event
 TRAIN_EVENT = "000005000"
-#: Epochs and GNN settings with which the smoke events are learnt in about two minutes of
-#: training: enough for the physics floors below, which a broken stage would miss.
-LEARNS = {
-    "run": RUN,
-    "embedding": {"epochs": 6},
-    "filter": {"epochs": 6},
-    "gnn": {"mode": "full", "phi_sectors": 4, "epochs": 12, "n_iterations": 3, "lr": 0.01},
-}
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """A working directory in which the smoke pipeline has run to completion."""
-    work = tmp_path_factory.mktemp("workflow")
-    base = write_config(work / "base.yaml", LEARNS)
-    result = snakemake(work, configs=[SMOKE, base])
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    nothing = snakemake(work, "--dry-run", configs=[SMOKE, base])
+def done(smoke_run):
+    """The shared smoke run: finished, so nothing is left to plan."""
+    nothing = snakemake(smoke_run.work, "--dry-run", configs=[SMOKE, smoke_run.base])
     assert planned_jobs(nothing.stdout + nothing.stderr) == {}, "a finished pipeline plans no jobs"
-    return SimpleNamespace(work=work, base=base, run=work / "results" / RUN)
+    return smoke_run
 
 
 def test_smoke_pipeline_learns(done):

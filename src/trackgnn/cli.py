@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import logging
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from trackgnn.atomic import write_json_atomic
 from trackgnn.errors import ConfigError, InputError, TrackGNNError
+from trackgnn.process import peak_rss_mb
 
 log = logging.getLogger("trackgnn")
 
@@ -96,7 +96,7 @@ def _timed(output: str | Path) -> Iterator[dict[str, Any]]:
     start = time.perf_counter()
     yield figures
     figures["wall_s"] = time.perf_counter() - start
-    figures["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    figures["peak_memory_mb"] = peak_rss_mb()
     figures["n_events"] = 1
     write_json_atomic(Path(output).with_suffix(".json"), figures)
 
@@ -113,6 +113,12 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from trackgnn.geometry import Detector
     from trackgnn.simulation import simulate_events
 
+    cfg = _load_config(args)
+    sim = cfg.simulate
+
+    def given(value: Any, configured: Any) -> Any:
+        return configured if value is None else value
+
     # --event-ids: each listed event (an event's content depends only on its id and the seed,
     # so it is the same whichever job simulates it); else --events from --first-event-id.
     if args.event_ids:
@@ -123,13 +129,13 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     for n_events, first_event_id in runs:
         simulate_events(
             n_events=n_events,
-            mu=args.mu,
-            seed=args.seed,
+            mu=given(args.mu, sim.mu),
+            seed=given(args.seed, cfg.seed),
             output_dir=args.output,
             first_event_id=first_event_id,
-            generator=args.generator,
-            field=args.field,
-            noise_fraction=args.noise_fraction,
+            generator=given(args.generator, sim.generator),
+            field=given(args.field, sim.field),
+            noise_fraction=given(args.noise_fraction, sim.noise_fraction),
             detector=detector,
         )
 
@@ -359,21 +365,30 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, help="config YAML (default: built-in defaults)")
         return p
 
-    p = sub.add_parser("simulate", help="generate TrackML-format events on the TrackML geometry")
+    p = with_config(
+        sub.add_parser("simulate", help="generate TrackML-format events on the TrackML geometry")
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--events", type=_positive_int, help="number of events")
     which.add_argument(
         "--event-ids", type=_non_negative_int, nargs="+", help="the ids of the events to simulate"
     )
-    p.add_argument("--mu", type=_positive_float, required=True, help="mean pile-up")
-    p.add_argument("--seed", type=_non_negative_int, required=True, help="random seed")
     p.add_argument("--output", type=Path, required=True, help="output directory")
     p.add_argument(
         "--first-event-id", type=_non_negative_int, default=1000, help="with --events: the first id"
     )
-    p.add_argument("--generator", choices=["parametric", "pythia8"], default="parametric")
-    p.add_argument("--field", choices=["solenoid", "uniform"], default="solenoid")
-    p.add_argument("--noise-fraction", type=_fraction, default=0.15, help="fraction of noise hits")
+    # Unset options take the config's values (the schema's defaults without --config).
+    p.add_argument("--mu", type=_positive_float, help="mean pile-up (config: simulate.mu)")
+    p.add_argument("--seed", type=_non_negative_int, help="random seed (config: seed)")
+    p.add_argument(
+        "--generator", choices=["parametric", "pythia8"], help="config: simulate.generator"
+    )
+    p.add_argument("--field", choices=["solenoid", "uniform"], help="config: simulate.field")
+    p.add_argument(
+        "--noise-fraction",
+        type=_fraction,
+        help="fraction of noise hits (config: simulate.noise_fraction)",
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("features", help="per-hit features and truth graph of events")

@@ -36,7 +36,7 @@ from trackgnn.config import Config, load_config
 from trackgnn.errors import CheckpointError, ConfigError, InputError
 from trackgnn.features import FEATURE_NAMES, build_features
 from trackgnn.graph.components import write_submission
-from trackgnn.graph.construction import connect_hits, filter_edges, peak_rss_mb
+from trackgnn.graph.construction import connect_hits, filter_edges
 from trackgnn.io import (
     event_id_from_prefix,
     event_prefix,
@@ -50,6 +50,7 @@ from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.filter import FilterNet
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.models.mlp import angle_columns
+from trackgnn.process import peak_rss_mb
 from trackgnn.scoring import gnn_logits
 from trackgnn.tracks import track_figures, track_labels
 

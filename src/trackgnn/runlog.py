@@ -174,20 +174,24 @@ def _as_float(value: Any) -> float | None:
 def flatten_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """Flatten a nested summary into MLflow metrics.
 
-    Nested keys are joined by ``.`` and sanitised (``pt>0.5`` -> ``pt_gt_0.5``). A
-    ``{"value": v, "error": e}`` leaf becomes ``name = v`` and ``name.error = e``, so
-    ``summary["physics_efficiency"]["pt>0.5"]["value"]`` is ``physics_efficiency.pt_gt_0.5``.
-    Non-numeric leaves (strings, lists, None) are skipped: tables belong in artifacts.
+    Nested keys are joined by ``/``, which the MLflow UI groups charts by (its first part), and
+    sanitised (``pt>0.5`` -> ``pt_gt_0.5``). A ``{"value": v, "error": e}`` leaf becomes
+    ``name = v`` and ``name_error = e``, so ``summary["physics_efficiency"]["pt>0.5"]["value"]``
+    is ``physics_efficiency/pt_gt_0.5``. Non-numeric leaves (strings, lists, None) are skipped:
+    tables belong in artifacts.
     """
     metrics: dict[str, float] = {}
 
     def visit(tree: Mapping[str, Any], prefix: str) -> None:
         for key, value in tree.items():
-            name = f"{prefix}.{key}" if prefix else str(key)
+            name = f"{prefix}/{key}" if prefix else str(key)
             if isinstance(value, Mapping):
                 if "value" in value and _as_float(value["value"]) is not None:
                     metrics[sanitize_key(name)] = _as_float(value["value"])  # type: ignore[assignment]
-                    rest = {k: v for k, v in value.items() if k != "value"}
+                    error = _as_float(value.get("error"))
+                    if error is not None:
+                        metrics[sanitize_key(f"{name}_error")] = error
+                    rest = {k: v for k, v in value.items() if k not in ("value", "error")}
                     visit(rest, name)
                 else:
                     visit(value, name)
@@ -352,6 +356,12 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+#: The experiment tag the MLflow UI (3.x) reads to open an experiment as model training (runs,
+#: charts) rather than as a GenAI application (traces); set only where the user has not.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 def _get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -360,7 +370,9 @@ def _get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
         artifact_dir = _artifact_dir(uri)
         location = artifact_dir.as_uri() if artifact_dir is not None else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+            )
         except MlflowException as error:
             # Another process created it between our lookup and create.
             if getattr(error, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
@@ -372,6 +384,8 @@ def _get_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
         raise _TrackingUnavailable(
             f"experiment {name!r} is deleted; restore it in the MLflow UI or choose another name"
         )
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return experiment.experiment_id
 
 

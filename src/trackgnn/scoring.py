@@ -6,7 +6,6 @@ edge-classification figures. Free of Lightning so per-event scoring jobs start f
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from trackgnn.io import load_tensors, save_tensors
 from trackgnn.models.checkpoint import load_model, resolve_device
 from trackgnn.models.edges import hit_edge_features
 from trackgnn.models.interaction_gnn import InteractionGNN
+from trackgnn.process import peak_rss_mb
 
 KIND = "gnn"
 #: Edges per chunk of the GNN's per-edge MLPs at inference (cache-sized on the CPU; the scores
@@ -89,11 +89,6 @@ def edge_classification_metrics(logits: Tensor, y: Tensor, cut: float = 0.5) -> 
         "recall": tp / n_true if n_true else 0.0,
         "auc": float("nan") if auc is None else auc,
     }
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def gnn_logits(model: InteractionGNN, data: dict[str, Any], path: str | Path) -> Tensor:

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import resource
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from typing import Any
 
 from trackgnn.atomic import atomic_path, write_json_atomic, write_text_atomic
 from trackgnn.errors import InputError, TrackGNNError
+from trackgnn.process import peak_rss_mb
 
 __all__ = [
     "SAMPLERS",
@@ -98,14 +98,6 @@ def world_sizes(available: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------- measuring
-
-
-def _launch_rank() -> int:
-    """This process's global rank from the launcher (torchrun's RANK, SLURM's PROCID)."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return 0
 
 
 def _study_config(cfg: Any, choice: SamplerChoice, world: int, global_batch: int) -> Any:
@@ -243,7 +235,9 @@ def measure_scaling(
         # P ranks share the node's cores; oversubscribed threads would measure contention.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
-    rank = _launch_rank() if world_size > 1 else 0
+    from trackgnn.training.distributed import launch_rank
+
+    rank = launch_rank() if world_size > 1 else 0
     graphs = [load_event_graph(f) for f in train_files]
     if not graphs:
         raise TrackGNNError("scaling study: no training events")
@@ -307,7 +301,7 @@ def measure_scaling(
     peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
     peak_rss, peak_gpu, sampling_s = _max_over_ranks(
         [
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            peak_rss_mb(),
             peak_gpu_mb,
             timer.sampling_s,
         ],

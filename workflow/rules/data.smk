@@ -26,14 +26,14 @@ if CFG.data.source == "simulate":
                 CONDA_ENV
             params:
                 **({} if events is None else {"events": events}),
+                # the settings the command reads from the config: a change reruns the simulation
                 simulate=CFG.section("simulate"),
                 seed=CFG.seed,
                 output_dir=f"{RUN}/events",
             shell:
-                "trackgnn simulate " + SIMULATE_WHICH + " --seed {params.seed}"
-                " --mu {params.simulate[mu]} --generator {params.simulate[generator]}"
-                " --field {params.simulate[field]} --noise-fraction {params.simulate[noise_fraction]}"
-                " --output {params.output_dir:q} 2> {log:q}"
+                "trackgnn simulate --config {CONFIG:q} "
+                + SIMULATE_WHICH
+                + " --output {params.output_dir:q} 2> {log:q}"
 
         chunk_rule_settings(name, "simulate_event")
 

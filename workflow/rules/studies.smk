@@ -70,7 +70,7 @@ rule scaling:
     conda:
         CONDA_ENV
     params:
-        report_dir=f"{RUN}/report/scaling",
+        report_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "trackgnn study scaling report --config {CONFIG:q} --inputs {input:q}"
         " --output-dir {params.report_dir:q} > {log:q} 2>&1 && cat {log:q}"

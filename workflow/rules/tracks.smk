@@ -47,7 +47,7 @@ rule evaluate:
     params:
         evaluation=CFG.section("evaluation"),
         events=[str(CTX.event_prefix(e)) for e in CTX.event_ids("test")],
-        report_dir=f"{RUN}/report",
+        report_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "trackgnn evaluate --config {CONFIG:q} --events {params.events:q}"
         " --tracks {input.tracks:q} --graphs {input.graph:q} --filtered {input.filter:q}"

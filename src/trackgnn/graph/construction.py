@@ -15,8 +15,6 @@ edges / truth-graph edges, for all particles and for signal particles), purity, 
 from __future__ import annotations
 
 import os
-import resource
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,6 +35,7 @@ from trackgnn.models.checkpoint import load_model, resolve_device
 from trackgnn.models.edges import geometry_tensor
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.filter import FilterNet
+from trackgnn.process import peak_rss_mb
 
 #: Keys every features file holds (see trackgnn.features); graph files add GRAPH_KEYS.
 FEATURE_KEYS = (
@@ -98,12 +97,6 @@ def pooled_edge_metrics(per_event: list[dict[str, Any]]) -> dict[str, float]:
     n_truth = sum(event["n_truth"] for event in per_event)
     pooled["efficiency_all"] = sum(e["n_true"] for e in per_event) / n_truth if n_truth else None
     return {name: float("nan") if v is None else float(v) for name, v in pooled.items()}
-
-
-def peak_rss_mb() -> float:
-    """The process's peak resident memory so far (MiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -100,14 +101,34 @@ class LastCheckpoint(pl.Callback):
         save_checkpoint_atomic(trainer, self.path)
 
 
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 class EpochReport(pl.Callback):
-    """One line per epoch with the logged metrics; forwards them to ``log(metrics, epoch)``."""
+    """One line per epoch: progress, elapsed and remaining time, the logged metrics.
+
+    Forwards the metrics to ``log(metrics, epoch)``. The remaining time assumes the epochs still
+    to run take as long as the mean of those this process ran (a resumed run counts only its own).
+    """
 
     def __init__(
         self, stage: str, log: Callable[[dict[str, float], int], None] | None = None
     ) -> None:
         self.stage = stage
         self.on_metrics = log
+        self._start = time.monotonic()
+        self._first_epoch = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.monotonic()
+        self._first_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {
@@ -118,8 +139,14 @@ class EpochReport(pl.Callback):
         if not trainer.is_global_zero:
             return
         epoch = trainer.current_epoch
+        elapsed = time.monotonic() - self._start
+        remaining = elapsed / (epoch + 1 - self._first_epoch) * (trainer.max_epochs - epoch - 1)
         text = " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
-        print(f"[{self.stage}] epoch {epoch + 1}/{trainer.max_epochs} {text}", flush=True)
+        print(
+            f"[{self.stage}] epoch {epoch + 1}/{trainer.max_epochs} "
+            f"elapsed {format_duration(elapsed)} remaining {format_duration(remaining)} {text}",
+            flush=True,
+        )
         if self.on_metrics is not None:
             self.on_metrics(metrics, epoch)
 

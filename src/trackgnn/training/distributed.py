@@ -1,17 +1,14 @@
-"""Data-parallel training with one coalesced gradient all-reduce per optimizer step.
+"""Data-parallel training: torch DDP with one gradient all-reduce per optimizer step.
 
 An Interaction GNN holds hundreds of small parameter tensors (8 iterations of edge and node MLPs
 with LayerNorm). All-reducing them one by one pays the collective's latency hundreds of times per
-step; packing every gradient into one flat buffer and reducing it once pays it once (paper
-``scaling-gnns-shadow-sampling.md``, section III-D).
-
-Lightning's ``DDPStrategy`` wraps the module in ``torch.nn.parallel.DistributedDataParallel``,
-whose bucketed reducer all-reduces the gradients itself, and it only registers DDP communication
-hooks on CUDA. :class:`CoalescedDDPStrategy` therefore keeps everything else of ``DDPStrategy``
-(process-group set-up from torchrun / SLURM / Lightning's own launcher, the distributed sampler,
-rank-0 broadcast of the initial parameters, barriers, ``reduce``) but does not wrap the module; it
-averages the gradients itself in one all-reduce after the backward pass and before the optimizer
-step, on CPU (gloo) and GPU (NCCL) alike.
+step; reducing them from one buffer pays it once (paper ``scaling-gnns-shadow-sampling.md``,
+section III-D). torch's ``DistributedDataParallel`` does that when its bucket holds the whole
+model: :class:`OneBucketDDPStrategy` is Lightning's ``DDPStrategy`` with the bucket cap set from
+the model's size, gradients as views of the bucket, a static graph, and a communication hook that
+counts and times the reduction (on CPU too, where Lightning registers no hooks).
+``bench/allreduce.py`` measures it against a hand-written coalesced all-reduce (which this module
+used to train with) and one all-reduce per tensor.
 
 Launch modes: ``torchrun --nproc-per-node P`` (env:// rendezvous), SLURM ``srun`` (one task per
 rank; Lightning's ``SLURMEnvironment``), a plain ``python`` process (Lightning starts the other
@@ -31,35 +28,32 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from pytorch_lightning import LightningModule, Trainer
-from pytorch_lightning.overrides.distributed import _sync_module_states
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 from trackgnn.errors import ConfigError
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
-    "CoalescedDDPStrategy",
+    "AllReduceHookState",
     "GradSyncStats",
     "LaunchEnvironment",
-    "allreduce_gradients_coalesced",
-    "allreduce_gradients_per_parameter",
+    "OneBucketDDPStrategy",
     "detect_launch",
     "gradient_sync_stats",
     "is_rank_zero",
     "local_batch_size",
     "make_strategy",
+    "model_bytes",
+    "one_bucket_ddp_kwargs",
+    "timed_allreduce_hook",
     "trainer_kwargs",
 ]
 
 #: Process-group timeout: a collective waiting longer than this for a dead or stuck rank fails
 #: instead of hanging the job until the scheduler kills it.
 DEFAULT_TIMEOUT_S = 300.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Plain-torch gradient synchronisation
-# ---------------------------------------------------------------------------------------------
 
 
 def _distributed_ready() -> bool:
@@ -77,85 +71,6 @@ def _trainable_unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return unique
 
 
-def allreduce_gradients_coalesced(
-    params: Iterable[torch.Tensor], group: dist.ProcessGroup | None = None
-) -> int:
-    """Average the gradients of ``params`` over the ranks of ``group`` with one all-reduce.
-
-    All gradients are packed into one flat buffer, reduced with a single ``all_reduce`` and divided
-    by the world size (parameters of mixed dtypes or devices get one buffer per kind; a model of
-    one dtype on one device always gets exactly one). Afterwards each ``param.grad`` is a view
-    into the reduced buffer, so nothing is copied back. A parameter whose gradient is ``None`` on
-    some ranks counts as zero there; if it is ``None`` on every rank it stays ``None`` (like DDP's
-    unused parameters). To know that without a second collective, one presence flag per tensor
-    rides along in the same buffer.
-
-    Every rank must pass the same parameters in the same order. Without an initialised process
-    group (single-process training) there is nothing to average and nothing happens. Returns the
-    number of ``all_reduce`` calls made (1 for a uniform dtype, 0 when there is nothing to reduce).
-    """
-    trainable = _trainable_unique(params)
-    if not trainable or not _distributed_ready():
-        return 0
-    world_size = dist.get_world_size(group)
-    by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for param in trainable:
-        if param.grad is not None and param.grad.is_sparse:
-            raise ValueError("allreduce_gradients_coalesced: sparse gradients are not supported")
-        by_kind.setdefault((param.device, param.dtype), []).append(param)
-
-    n_calls = 0
-    for (device, dtype), group_params in by_kind.items():
-        pieces = [
-            p.grad.reshape(-1)
-            if p.grad is not None
-            else torch.zeros(p.numel(), dtype=dtype, device=device)
-            for p in group_params
-        ]
-        present = [p.grad is not None for p in group_params]
-        flags = torch.tensor(present, dtype=dtype, device=device)
-        flat = torch.cat([*pieces, flags])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        n_calls += 1
-
-        n_values = flat.numel() - len(group_params)
-        grads_flat = flat[:n_values]
-        # gloo has no AVG op; SUM then divide gives bit-identical results on every rank.
-        grads_flat.div_(world_size)
-        views = grads_flat.split([p.numel() for p in group_params])
-        # Reading the flags back forces a device sync on GPU, so only do it when this rank lacks a
-        # gradient (then another rank may or may not have one).
-        if all(present):
-            present_anywhere = present
-        else:
-            present_anywhere = (flat[n_values:] > 0).tolist()
-        for param, view, keep in zip(group_params, views, present_anywhere, strict=True):
-            param.grad = view.view_as(param) if keep else None
-    return n_calls
-
-
-def allreduce_gradients_per_parameter(
-    params: Iterable[torch.Tensor], group: dist.ProcessGroup | None = None
-) -> int:
-    """Average gradients with one ``all_reduce`` per parameter tensor (the baseline).
-
-    This is what a naive data-parallel loop does; it pays the collective latency once per tensor.
-    Every rank must hold a gradient for the same parameters. Without an initialised process group
-    nothing happens. Returns the number of calls made.
-    """
-    if not _distributed_ready():
-        return 0
-    world_size = dist.get_world_size(group)
-    n_calls = 0
-    for param in _trainable_unique(params):
-        if param.grad is None:
-            continue
-        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)
-        param.grad.div_(world_size)
-        n_calls += 1
-    return n_calls
-
-
 # ---------------------------------------------------------------------------------------------
 # Timing and counting
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +80,8 @@ def allreduce_gradients_per_parameter(
 class GradSyncStats:
     """Running record of gradient synchronisations, for logging ``allreduce_ms`` per step/epoch.
 
-    ``last_ms`` is the wall time of the latest synchronisation (packing, the all-reduce and the
-    division; on GPU bracketed by device synchronisation so the asynchronous NCCL call is counted).
+    One record per optimizer step; ``last_ms`` is the latest step's all-reduce time as
+    :func:`timed_allreduce_hook` measures it, ``allreduce_calls`` counts DDP buckets reduced.
     """
 
     syncs: int = 0
@@ -197,37 +112,109 @@ class GradSyncStats:
 
 
 # ---------------------------------------------------------------------------------------------
+# torch DDP: one bucket, a timed all-reduce hook
+# ---------------------------------------------------------------------------------------------
+
+
+def model_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the trainable parameters (what DDP's gradient buckets hold)."""
+    return sum(p.numel() * p.element_size() for p in _trainable_unique(module.parameters()))
+
+
+def one_bucket_ddp_kwargs(module: torch.nn.Module) -> dict[str, Any]:
+    """``DistributedDataParallel`` arguments that reduce all of ``module``'s gradients at once.
+
+    A bucket cap above the model's size puts every gradient in one bucket (an explicit cap also
+    lifts DDP's small first bucket to the same size), so a step issues one all-reduce. The
+    gradients are views of that bucket (no copy in or out), and a static graph lets DDP skip the
+    per-step search for unused parameters.
+    """
+    cap_mb = math.ceil(model_bytes(module) / 2**20) + 1
+    return {"bucket_cap_mb": cap_mb, "gradient_as_bucket_view": True, "static_graph": True}
+
+
+@dataclass
+class AllReduceHookState:
+    """State of :func:`timed_allreduce_hook`: the group and the reductions since the last step."""
+
+    group: dist.ProcessGroup | None = None
+    calls: int = 0
+    elapsed_ms: float = 0.0
+    n_tensors: int = 0
+    n_bytes: int = 0
+
+    def take(self) -> tuple[float, int, int, int]:
+        """Return (ms, calls, tensors, bytes) since the last call and start counting afresh."""
+        taken = (self.elapsed_ms, self.calls, self.n_tensors, self.n_bytes)
+        self.calls = self.n_tensors = self.n_bytes = 0
+        self.elapsed_ms = 0.0
+        return taken
+
+
+def timed_allreduce_hook(
+    state: AllReduceHookState, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: torch's averaging all-reduce, counted and timed in ``state``.
+
+    The time runs from issuing the all-reduce to its completion (on GPU, NCCL completes the future
+    once the reduction is queued on the stream, so there it measures the issue only).
+    """
+    buffer = bucket.buffer()
+    start = time.perf_counter()
+    buffer.div_(dist.get_world_size(state.group))
+    work = dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=state.group, async_op=True)
+    state.calls += 1
+    state.n_tensors += len(bucket.gradients())
+    state.n_bytes += buffer.numel() * buffer.element_size()
+
+    def finished(fut: torch.futures.Future[list[torch.Tensor]]) -> torch.Tensor:
+        state.elapsed_ms += (time.perf_counter() - start) * 1e3
+        return fut.value()[0]
+
+    return work.get_future().then(finished)
+
+
+# DDP checks a hook's annotations against the real types; this module's are strings
+# (``from __future__ import annotations``).
+timed_allreduce_hook.__annotations__.update(
+    bucket=dist.GradBucket,
+    state=AllReduceHookState,
+    **{"return": torch.futures.Future[torch.Tensor]},
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # Lightning strategy
 # ---------------------------------------------------------------------------------------------
 
 
-class CoalescedDDPStrategy(DDPStrategy):
-    """``DDPStrategy`` without the torch DDP wrapper; gradients averaged in one all-reduce per step.
+class OneBucketDDPStrategy(DDPStrategy):
+    """Lightning's ``DDPStrategy``; each optimizer step reduces all gradients in one all-reduce.
 
-    The synchronisation runs inside the optimizer closure, right after ``backward``: before gradient
-    unscaling (AMP), ``on_before_optimizer_step`` and gradient clipping, so those see the averaged
-    gradients and act identically on every rank. With gradient accumulation only the stepping batch
-    synchronises. With manual optimization it runs in ``optimizer.step()``. A closure evaluated
-    several times (LBFGS) synchronises each time, as it must.
-
-    Buffers (e.g. BatchNorm running statistics) are broadcast from rank 0 once at set-up but not per
-    step; the models of this package have none (they use LayerNorm).
+    The bucket cap is set from the model's size when the model is wrapped (see
+    :func:`one_bucket_ddp_kwargs`); :func:`timed_allreduce_hook` does the reduction and records
+    it, and each optimizer step moves the record into ``grad_sync_stats`` right after the backward
+    pass, before ``on_before_optimizer_step`` and gradient clipping (which see averaged
+    gradients, as everywhere with DDP).
     """
 
-    strategy_name = "coalesced_ddp"
+    strategy_name = "one_bucket_ddp"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grad_sync_stats = GradSyncStats()
+        self._hook_state = AllReduceHookState()
 
     def configure_ddp(self) -> None:
-        """Set up data parallelism without wrapping the module in torch DDP.
-
-        Torch DDP would all-reduce every gradient in buckets during backward, a second
-        synchronisation on top of ours. Instead every rank starts from rank 0's parameters.
-        """
+        """Wrap the module in DDP with one bucket for all its gradients."""
         assert isinstance(self.model, LightningModule)
-        _sync_module_states(self.model)
+        self._ddp_kwargs.update(one_bucket_ddp_kwargs(self.model))
+        super().configure_ddp()
+
+    def _register_ddp_hooks(self) -> None:
+        # Lightning registers hooks on CUDA only; gloo runs them too.
+        assert isinstance(self.model, DistributedDataParallel)
+        self.model.register_comm_hook(self._hook_state, timed_allreduce_hook)
 
     def set_world_ranks(self) -> None:
         """Set ranks; fail early when Trainer devices × num_nodes disagree with the launch."""
@@ -248,30 +235,15 @@ class CoalescedDDPStrategy(DDPStrategy):
         model: LightningModule | torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Run the optimizer step with gradients averaged over all ranks first."""
+        """Run the optimizer step, recording the gradient reduction of its backward pass."""
 
-        def closure_then_sync() -> Any:
+        def closure_then_record() -> Any:
             result = closure()
-            self._synchronise_gradients(optimizer)
+            elapsed_ms, calls, n_tensors, n_bytes = self._hook_state.take()
+            self.grad_sync_stats.record(elapsed_ms, calls, n_tensors, n_bytes)
             return result
 
-        return super().optimizer_step(optimizer, closure_then_sync, model, **kwargs)
-
-    def _synchronise_gradients(self, optimizer: Optimizer) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        trainable = _trainable_unique(params)
-        on_cuda = self.root_device.type == "cuda"
-        if on_cuda:
-            # Exclude queued backward kernels from the measurement.
-            torch.cuda.synchronize(self.root_device)
-        start = time.perf_counter()
-        n_calls = allreduce_gradients_coalesced(trainable)
-        if on_cuda:
-            # NCCL returns before the reduction finishes; wait so the time is the reduction's.
-            torch.cuda.synchronize(self.root_device)
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-        n_bytes = sum(p.numel() * p.element_size() for p in trainable)
-        self.grad_sync_stats.record(elapsed_ms, n_calls, len(trainable), n_bytes)
+        return super().optimizer_step(optimizer, closure_then_record, model, **kwargs)
 
 
 def gradient_sync_stats(trainer: Trainer) -> GradSyncStats:
@@ -280,7 +252,7 @@ def gradient_sync_stats(trainer: Trainer) -> GradSyncStats:
     Read it in ``on_before_optimizer_step`` or later to log the current step's ``allreduce_ms``.
     """
     strategy = trainer.strategy
-    if isinstance(strategy, CoalescedDDPStrategy):
+    if isinstance(strategy, OneBucketDDPStrategy):
         return strategy.grad_sync_stats
     return GradSyncStats()
 
@@ -387,7 +359,7 @@ def make_strategy(
     """The Lightning strategy for ``world_size`` processes on ``device`` (``cpu`` or ``cuda``).
 
     ``world_size == 1`` gives a plain single-device strategy (no process group); otherwise a
-    :class:`CoalescedDDPStrategy` with gloo on CPU and NCCL on GPU and a process-group timeout of
+    :class:`OneBucketDDPStrategy` with gloo on CPU and NCCL on GPU and a process-group timeout of
     ``timeout_s``. For multi-node runs the Trainer also needs ``num_nodes``: prefer
     :func:`trainer_kwargs`, which supplies both.
     """
@@ -399,7 +371,7 @@ def make_strategy(
             torch_device = torch.device("cuda", 0)
         return SingleDeviceStrategy(device=torch_device)
     launch = detect_launch(world_size)
-    return CoalescedDDPStrategy(
+    return OneBucketDDPStrategy(
         parallel_devices=_local_devices(torch_device, launch.processes_per_node),
         process_group_backend="nccl" if torch_device.type == "cuda" else "gloo",
         timeout=timedelta(seconds=timeout_s),
@@ -441,6 +413,15 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
             f"{world_size} processes"
         )
     return global_batch // world_size
+
+
+def launch_rank() -> int:
+    """This process's global rank as its launcher set it: torchrun's ``RANK``, else SLURM's
+    ``SLURM_PROCID``, else 0 (not launched as ranks)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return _env_int(name)
+    return 0
 
 
 def is_rank_zero() -> bool:

@@ -7,8 +7,12 @@ Training modes:
 * ``shadow``: the training events are joined into one disjoint-union graph, so a minibatch mixes
   roots (and subgraphs) from all events. Every vertex with at least one edge is a root once per
   epoch, in a seeded shuffled order; each step takes the next ``batch_size`` roots (global), split
-  ``batch_size / P`` per rank; the loss is over all induced edges of the sampled subgraphs, with
-  edges incident to a root weighted by ``root_weight``.
+  in P shares differing by at most one root; the loss is over all induced edges of the sampled
+  subgraphs, with edges incident to a root weighted by ``root_weight``.
+
+Any world size takes every event (or root) once per epoch; where the data does not split evenly,
+ranks left without any in an epoch's last step train on a zero-weight stand-in, and the log says
+so. Validation figures are computed over all validation events, identically on every rank.
 
 The label is ``y_pid`` (both hits from the same particle): track building joins hits by connected
 components, for which any same-particle edge is right.
@@ -22,12 +26,14 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
@@ -37,6 +43,7 @@ from trackgnn.errors import TrackGNNError
 from trackgnn.io import load_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.models.mlp import angle_columns
+from trackgnn.process import peak_rss_mb
 from trackgnn.scoring import (
     GRAPH_KEYS,
     KIND,
@@ -44,7 +51,6 @@ from trackgnn.scoring import (
     edge_classification_metrics,
     event_graph,
     load_event_graph,
-    peak_rss_mb,
 )
 from trackgnn.training.checkpoint import (
     EpochReport,
@@ -59,7 +65,12 @@ from trackgnn.training.checkpoint import (
     resume_key,
     save_checkpoint_atomic,
 )
-from trackgnn.training.distributed import gradient_sync_stats, is_rank_zero, trainer_kwargs
+from trackgnn.training.distributed import (
+    gradient_sync_stats,
+    is_rank_zero,
+    launch_rank,
+    trainer_kwargs,
+)
 from trackgnn.training.schedule import one_cycle_optimization
 
 
@@ -114,28 +125,73 @@ class _Timer:
         self.sampling_s = 0.0
 
 
+def stand_in_batch(graph: GraphBatch) -> GraphBatch:
+    """A one-edge graph of zero weight: the step of a rank left without data.
+
+    Every rank must take the same number of steps (each step's gradient all-reduce needs all of
+    them); a rank whose share of the epoch ran out steps on this, which adds nothing to the
+    gradient, instead of the other ranks' data being dropped.
+    """
+    ends = graph.edge_index[:, :1]
+    nodes, local = torch.unique(ends, return_inverse=True)
+    return GraphBatch(
+        x=graph.x[nodes],
+        edge_attr=graph.edge_attr[:1],
+        edge_index=local.view(2, 1),
+        y=graph.y[:1],
+        weight=torch.zeros(1),
+        n_samples=0,
+    )
+
+
 class FullGraphStream(IterableDataset):
-    """Each epoch: the events in a seeded shuffled order, every ``world_size``-th for this rank."""
+    """Each epoch: the events in a seeded shuffled order, every ``world_size``-th for this rank.
+
+    Every event is trained on once per epoch. When the events do not split evenly, the ranks left
+    without one in the last step step on :func:`stand_in_batch` (see :meth:`imbalance`).
+    """
 
     def __init__(self, graphs: list[GraphBatch], seed: int, rank: int, world_size: int) -> None:
         self.graphs, self.seed, self.rank, self.world_size = graphs, seed, rank, world_size
         self.epoch = 0
         self.timer = _Timer()
+        self.stand_in = stand_in_batch(graphs[0]) if graphs else None
 
     def __len__(self) -> int:
-        return len(self.graphs) // self.world_size
+        return math.ceil(len(self.graphs) / self.world_size)
+
+    def imbalance(self) -> str | None:
+        """A sentence on the uneven last step, or None when every step is full on every rank."""
+        rest = len(self.graphs) % self.world_size
+        if not rest:
+            return None
+        return (
+            f"{len(self.graphs)} training graphs over {self.world_size} ranks: the last step of "
+            f"each epoch trains on {rest}, {self.world_size - rest} rank(s) step on an empty "
+            "stand-in (no graph is dropped)"
+        )
 
     def __iter__(self) -> Iterator[GraphBatch]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.graphs), generator=gen)
-        per_rank = len(self)
-        yield from (self.graphs[int(i)] for i in order[self.rank :: self.world_size][:per_rank])
+        mine = order[self.rank :: self.world_size]
+        yield from (self.graphs[int(i)] for i in mine)
+        for _ in range(len(self) - len(mine)):
+            yield self.stand_in
+
+
+def rank_share(batch: Tensor, rank: int, world: int) -> Tensor:
+    """This rank's part of a global batch: contiguous, sizes differing by at most one."""
+    return torch.tensor_split(batch, world)[rank]
 
 
 class ShadowStream(IterableDataset):
     """Each epoch: shuffled roots, ``batch_size`` per global step, this rank's share sampled.
 
-    The sampler draws ``k`` minibatches per call (the bulk sampler's stacked problem).
+    Every root is trained on once per epoch: a step's roots are split in shares differing by at
+    most one root (:func:`rank_share`); in a last step with fewer roots than ranks, the ranks
+    without a root step on :func:`stand_in_batch`. The sampler draws ``k`` minibatches per call
+    (the bulk sampler's stacked problem).
     """
 
     def __init__(self, graph: GraphBatch, cfg: Config, device: torch.device, rank: int, world: int):
@@ -163,17 +219,32 @@ class ShadowStream(IterableDataset):
         self.device = device
         self.epoch = 0
         self.timer = _Timer()
+        self.stand_in = stand_in_batch(graph) if graph.edge_index.shape[1] else None
 
     def __len__(self) -> int:
-        # Every rank must take the same number of steps; a last partial batch too small to give
-        # each rank a root is dropped.
-        full, rest = divmod(len(self.roots), self.batch_size)
-        return full + (1 if rest >= self.world else 0)
+        return math.ceil(len(self.roots) / self.batch_size)
+
+    def imbalance(self) -> str | None:
+        """A sentence on ranks without roots in the last step, or None when there are none."""
+        if not len(self.roots):
+            return None
+        if self.batch_size < self.world:
+            return (
+                f"ShaDow: a global batch of {self.batch_size} roots leaves "
+                f"{self.world - self.batch_size} of {self.world} ranks on an empty stand-in "
+                "in every step"
+            )
+        rest = len(self.roots) % self.batch_size or self.batch_size
+        if rest >= self.world:
+            return None
+        return (
+            f"ShaDow: the last step of each epoch has {rest} root(s) for {self.world} ranks; "
+            f"{self.world - rest} rank(s) step on an empty stand-in (no root is dropped)"
+        )
 
     def _rank_roots(self, order: Tensor, step: int) -> Tensor:
         batch = order[step * self.batch_size : (step + 1) * self.batch_size]
-        share = math.ceil(len(batch) / self.world)
-        return batch[self.rank * share : (self.rank + 1) * share]
+        return rank_share(batch, self.rank, self.world)
 
     def __iter__(self) -> Iterator[GraphBatch]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -185,14 +256,20 @@ class ShadowStream(IterableDataset):
         for first in range(0, steps, self.k):
             start = time.perf_counter()
             chunk = [self._rank_roots(order, s) for s in range(first, min(first + self.k, steps))]
-            if all(len(c) == self.sampler.batch_size for c in chunk[:-1]):
+            # A rank's share runs empty only in the epoch's last step (or in every step if the
+            # batch has fewer roots than ranks), so the empty shares come last.
+            real = [c for c in chunk if len(c)]
+            if all(len(c) == self.sampler.batch_size for c in real[:-1]):
                 # One stacked problem of k minibatches (the bulk sampler's point).
-                subgraphs = self.sampler.sample(torch.cat(chunk).to(self.device), sample_gen)
+                subgraphs = (
+                    self.sampler.sample(torch.cat(real).to(self.device), sample_gen) if real else []
+                )
             else:  # uneven shares (batch_size not divisible by world size): one call per step
                 subgraphs = [
-                    sg for c in chunk for sg in self.sampler.sample(c.to(self.device), sample_gen)
+                    sg for c in real for sg in self.sampler.sample(c.to(self.device), sample_gen)
                 ]
-            batches = [self._gather(sg, len(c)) for sg, c in zip(subgraphs, chunk, strict=True)]
+            batches = [self._gather(sg, len(c)) for sg, c in zip(subgraphs, real, strict=True)]
+            batches += [self.stand_in] * (len(chunk) - len(real))
             self.timer.sampling_s += time.perf_counter() - start
             yield from batches
 
@@ -281,7 +358,7 @@ class GNNModule(ResumableModule):
         self.save_hyperparameters()
         self.model = InteractionGNN(**model)
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
-        self._val: list[tuple[Tensor, Tensor]] = []
+        self._val: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def forward(self, batch: GraphBatch) -> Tensor:
         return self._forward(batch.x, batch.edge_attr, batch.edge_index)
@@ -295,26 +372,60 @@ class GNNModule(ResumableModule):
 
     def training_step(self, batch: GraphBatch, batch_idx: int) -> Tensor:
         loss = self._loss(self(batch), batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch.n_samples)
+        if batch.n_samples:  # not a stand-in step (zero weight, zero loss)
+            self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch.n_samples)
         return loss
 
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
-        logits = self(batch)
-        self._val.append((logits.detach().float().cpu(), batch.y.cpu()))
-        self.log("val_loss", self._loss(logits, batch), batch_size=1, sync_dist=True)
+        if batch.n_samples == 0:  # a rank without validation events of its own (see below)
+            return
+        logits = self(batch).detach()
+        loss = self._loss(logits, batch)
+        self._val.append((logits.float().cpu(), batch.y.cpu(), loss.float().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        """Loss, precision, recall and AUC over all validation events, identical on every rank.
+
+        Each rank scored its share (:func:`validation_loader`); the shares are gathered and put
+        back in event order, so the figures are those of one process scoring every event.
+        """
+        local, self._val = self._val, []
+        events = local
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shares: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, local)
+            events = interleave_shards(shares)
+        if not events:
             return
-        logits = torch.cat([v[0] for v in self._val])
-        y = torch.cat([v[1] for v in self._val])
-        self._val.clear()
+        logits = torch.cat([e[0] for e in events])
+        y = torch.cat([e[1] for e in events])
+        # The mean of per-event losses, as one process logging each event's loss would get.
+        self.log("val_loss", torch.stack([e[2] for e in events]).mean().item())
         for name, value in edge_classification_metrics(logits, y).items():
-            self.log(f"val_{name}", value, rank_zero_only=True)
+            self.log(f"val_{name}", value)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"])
         return one_cycle_optimization(optimizer, self.hparams["total_steps"])
+
+
+def validation_loader(graphs: Sequence[GraphBatch], rank: int, world: int) -> DataLoader:
+    """This rank's validation events: every ``world``-th, from the ``rank``-th.
+
+    A rank left without events (fewer events than ranks) gets one marked ``n_samples = 0``,
+    which it runs (every rank takes part in the same validation loop) but does not count.
+    :func:`interleave_shards` undoes the split.
+    """
+    share = list(graphs[rank::world])
+    if not share and graphs:
+        share = [replace(graphs[0], n_samples=0)]
+    return DataLoader(share, batch_size=None)
+
+
+def interleave_shards(shards: Sequence[Sequence[Any]]) -> list[Any]:
+    """The items of ``shards[r] = items[r::len(shards)]`` back in their original order."""
+    longest = max((len(s) for s in shards), default=0)
+    return [s[j] for j in range(longest) for s in shards if j < len(s)]
 
 
 def _graph_loader(stream: IterableDataset) -> DataLoader:
@@ -324,8 +435,7 @@ def _graph_loader(stream: IterableDataset) -> DataLoader:
 
 
 def _rank_and_world(world_size: int) -> tuple[int, int]:
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-    return (rank if world_size > 1 else 0), world_size
+    return (launch_rank() if world_size > 1 else 0), world_size
 
 
 def train_gnn(
@@ -379,7 +489,10 @@ def train_gnn(
         stream: IterableDataset = FullGraphStream(sectors, cfg.seed, rank, world)
     else:
         stream = ShadowStream(union_graph(train_graphs), cfg, device, rank, world)
-    val_loader = DataLoader(val_graphs[rank::world] or val_graphs[:1], batch_size=None)
+    val_loader = validation_loader(val_graphs, rank, world)
+    note = stream.imbalance()
+    if note and is_rank_zero():
+        print(f"[gnn] {note}", file=sys.stderr)
 
     model_args = {
         "node_features": int(train_graphs[0].x.shape[1]),
