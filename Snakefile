@@ -1,7 +1,7 @@
 # trackgnn: the Exa.TrkX GNN tracking pipeline as a Snakemake workflow.
 #   snakemake                          embedded default (config/config.yaml), local
 #   snakemake --configfile config/smoke.yaml
-#   snakemake --profile perlmutter --configfile config/mu200.yaml   NERSC Perlmutter (SLURM)
+#   snakemake --profile perlmutter     NERSC Perlmutter (SLURM), config/mu200.yaml
 #   snakemake scaling                  the data-parallel scaling study (workflow/rules/studies.smk)
 #   snakemake reconstruct --configfile config/config.yaml my.yaml   trained models on your events
 #                                      (workflow/rules/reconstruct.smk)

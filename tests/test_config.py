@@ -60,6 +60,24 @@ def test_explicit_events_select_ids_and_ranges_of_the_directory(tmp_path: Path) 
     assert simulated.split_ids["train"] == list(range(1000, 1007))
 
 
+def test_events_are_chunked_by_id_block_so_a_new_event_changes_one_chunk() -> None:
+    def chunks(events: dict, per_job: int, split: str = "all") -> list[list[int]]:
+        cfg = config_from_dict(
+            {"data": {"events": events}, "workflow": {"events_per_job": per_job}}
+        )
+        return [[int(e) for e in chunk] for chunk in WorkflowContext(cfg).chunks(split)]
+
+    events = {"train": ["1000-1004"], "val": [1005], "test": [1010, 1012]}
+    assert chunks(events, 1) == [[i] for i in (1000, 1001, 1002, 1003, 1004, 1005, 1010, 1012)]
+    # Blocks of ids (id // 4) across the splits; a gap leaves a block short.
+    before = chunks(events, 4)
+    assert before == [[1000, 1001, 1002, 1003], [1004, 1005], [1010], [1012]]
+    assert chunks(events, 4, "test") == [[1010], [1012]]
+    # A new event joins its own block; every other chunk stays as it was.
+    after = chunks({**events, "test": [1010, 1011, 1012]}, 4)
+    assert after == [[1000, 1001, 1002, 1003], [1004, 1005], [1010, 1011], [1012]]
+
+
 @pytest.mark.parametrize(
     ("events", "message"),
     [

@@ -4,7 +4,9 @@ A module fixture stands up munged, slurmctld and slurmd on 127.0.0.1 (tests/slur
 skipped with the reason where that is impossible), then runs the smoke pipeline once with a test
 profile that uses Snakemake's SLURM executor: per-event jobs grouped into a few SLURM jobs, the
 GNN trained by two data-parallel ranks that srun starts inside the job (resource ``mpi``), as the
-perlmutter profile does with one rank per GPU. The tests then read what happened.
+perlmutter profile does with one rank per GPU. The tests then read what happened. A second
+cluster runs the first two stages with workflow.events_per_job 2, as the perlmutter profile's
+config does (50): one SLURM job per chunk of events, with the stage's resources.
 """
 
 from __future__ import annotations
@@ -181,3 +183,47 @@ def test_mlflow_has_the_pipeline_and_stage_runs(slurm_run):
     for stage in ("train_embedding", "train_filter", "train_gnn", "evaluate"):
         assert stages.get(stage) == "FINISHED", stages
     assert world and {value for (value,) in world} == {2.0}
+
+
+def test_chunked_per_event_stages_run_one_slurm_job_per_chunk(tmp_path):
+    """workflow.events_per_job 2, no groups: the smoke events' simulation and features are two
+    chunk rules each, each one SLURM job that writes its events' files, with its stage's
+    set-resources (as the perlmutter profile's chunked stages)."""
+    reason = slurm_unavailable()
+    if reason is not None:
+        pytest.skip(f"no single-node SLURM cluster: {reason}")
+    profile = {k: v for k, v in TEST_PROFILE.items() if k != "groups"}
+    profile["set-resources"] = {**profile["set-resources"], "features": {"mem_mb": 321}}
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
+    overrides = tmp_path / "chunks.yaml"
+    overrides.write_text(yaml.safe_dump({"run": "chunks", "workflow": {"events_per_job": 2}}))
+    targets = [f"results/chunks/features/event00000500{i}.pt" for i in range(4)]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--profile", str(tmp_path / "profile"), "--nocolor", *targets]
+    command += ["--configfile", str(REPO / "config" / "smoke.yaml"), str(overrides)]
+    with slurm_cluster(tmp_path / "slurm-state") as cluster:
+        result = subprocess.run(
+            command,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        jobs = cluster.jobs()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S+/rule_(\w+)/", output)
+    assert sorted(rule for _, rule in submitted) == [
+        "features_000005000",
+        "features_000005002",
+        "simulate_event_000005000",
+        "simulate_event_000005002",
+    ]
+    assert all(jobs.get(job_id) == "COMPLETED" for job_id, _ in submitted), jobs
+    assert all((tmp_path / target).stat().st_size > 0 for target in targets)
+    features = re.findall(r"^rule features_\d{9}:\n(?:\s+.*\n)*?\s+resources: (.*)$", output, re.M)
+    assert len(features) == 2 and all("mem_mb=321" in line for line in features), features

@@ -5,8 +5,10 @@ Snakefile); every test after that is a dry run that reads the planned jobs: a ch
 reruns exactly its stage and what depends on it, a changed input event only that event's jobs
 (and, for a training event, the training that reads it), ``--forcerun``/``--until`` a single
 stage. Then the Perlmutter profile from the repository root, as typed: the plan's GNN training
-asks for GPUs and srun ranks the way the SLURM executor turns into the intended sbatch request;
-an unset NERSC_ACCOUNT is a one-line error. Then the conda environments the rules use, and
+asks for GPUs and srun ranks the way the SLURM executor turns into the intended sbatch request,
+per-event stages run in chunks of events, one job each; an unset NERSC_ACCOUNT is a one-line
+error; one rank is a one-GPU job step. Chunked per-event stages (dry runs and two real stages):
+a changed event reruns its chunk only. Then the conda environments the rules use, and
 the scaling study: its arithmetic, and one strong-scaling point measured for real with two ranks.
 """
 
@@ -218,29 +220,30 @@ def test_forcerun_until_reruns_a_single_stage(done):
 
 
 def perlmutter_dry_run(tmp_path, account: str | None, overrides: dict | None = None):
-    """``snakemake --profile perlmutter --dry-run`` from the repository root, few events."""
-    small = {"results_dir": str(tmp_path / "results"), **(overrides or {})}
-    small.setdefault("data", {"train_events": 8, "val_events": 2, "test_events": 2})
+    """``snakemake --profile perlmutter --dry-run`` from the repository root.
+
+    Without ``overrides`` as typed: the profile's own config (config/mu200.yaml, 2,000 events),
+    only the results moved to ``tmp_path``; with them, config/mu200.yaml and the overrides
+    (a --configfile replaces the profile's).
+    """
     env = tool_env()
     env.pop("NERSC_ACCOUNT", None)
     if account is not None:
         env["NERSC_ACCOUNT"] = account
-    result = snakemake(
-        tmp_path,
-        "--profile",
-        "perlmutter",
-        "--dry-run",
-        "--printshellcmds",
-        configs=[REPO / "config" / "mu200.yaml", write_config(tmp_path / "small.yaml", small)],
-        cwd=REPO,
-        env=env,
-        cores=None,
-    )
+    args = ["--profile", "perlmutter", "--dry-run", "--printshellcmds"]
+    configs = []
+    if overrides is None:
+        args += ["--config", f"results_dir={tmp_path / 'results'}"]
+    else:
+        small = {"results_dir": str(tmp_path / "results"), **overrides}
+        small.setdefault("data", {"train_events": 8, "val_events": 2, "test_events": 2})
+        configs = [REPO / "config" / "mu200.yaml", write_config(tmp_path / "small.yaml", small)]
+    result = snakemake(tmp_path, *args, configs=configs, cwd=REPO, env=env, cores=None)
     return result.returncode, result.stdout + result.stderr
 
 
 def _job_block(output: str, rule: str) -> str:
-    """The first printed job of ``rule`` (grouped jobs are printed indented)."""
+    """The first printed job of ``rule``."""
     match = re.search(rf"^[ \t]*rule {rule}:\n((?:[ \t]+\S.*\n)+)", output, re.M)
     assert match, f"no {rule} job in the plan"
     return match.group(1)
@@ -249,6 +252,10 @@ def _job_block(output: str, rule: str) -> str:
 def _resources(block: str) -> dict[str, str]:
     line = re.search(r"^\s*resources: (.*)$", block, re.M).group(1)
     return dict(item.split("=", 1) for item in re.split(r", (?=\w+=)", line))
+
+
+def _shell(output: str, block: str) -> str:
+    return re.search(r"^Shell command: (.*)$", output[output.index(block) :], re.M).group(1)
 
 
 class _StubJob:
@@ -261,23 +268,12 @@ class _StubJob:
         self.threads = threads
 
 
-def test_perlmutter_profile_training_job_asks_for_gpus_and_srun_ranks(tmp_path):
-    code, output = perlmutter_dry_run(tmp_path, account="m0000")
-    assert code == 0, output[-3000:]
-    block = _job_block(output, "train_gnn")
-    resources = _resources(block)
-    assert resources["slurm_account"] == "m0000"
-    assert resources["constraint"] == "gpu"
-    assert (resources["gpu"], resources["tasks"], resources["tasks_per_gpu"]) == ("4", "4", "1")
-    # One rank per GPU, started by srun in the job step, all four on the node.
-    shell = re.search(r"^Shell command: (.*)$", output[output.index(block) :], re.M).group(1)
-    assert re.match(r"srun .*-n 4 --ntasks-per-node=4 trackgnn train gnn ", shell), shell
-
-    # What the SLURM executor plugin submits for exactly these resources.
+def _sbatch(resources: dict[str, str], threads: int) -> str:
+    """What the SLURM executor plugin submits for exactly these resources."""
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
-    job = _StubJob(resources, threads=4)
+    job = _StubJob(resources, threads=threads)
     params = {
         "run_uuid": "test",
         "slurm_logfile": "logs/slurm/x.log",
@@ -286,15 +282,66 @@ def test_perlmutter_profile_training_job_asks_for_gpus_and_srun_ranks(tmp_path):
         "partition": "",
         "workdir": str(REPO),
     }
-    sbatch = get_submit_command(job, params) + set_gres_string(job)
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
+#: Per-event stages and the split whose events they run.
+PER_EVENT_STAGES = {
+    "simulate_event": "all",
+    "features": "all",
+    "build_graph": "all",
+    "filter_graph": "all",
+    "score_edges": "test",
+    "build_tracks": "test",
+}
+
+
+def _per_stage(plan: dict[str, int]) -> dict[str, int]:
+    """Planned jobs per per-event stage, chunk rules (<stage>_<first event>) counted together."""
+    counts = dict.fromkeys(PER_EVENT_STAGES, 0)
+    for rule, n in plan.items():
+        stage = re.sub(r"_\d{9}$", "", rule)
+        if stage in counts:
+            counts[stage] += n
+    return counts
+
+
+def test_perlmutter_profile_as_typed_plans_the_full_scale_run(tmp_path):
+    # `snakemake --profile perlmutter` with nothing else: config/mu200.yaml, 2,000 events.
+    code, output = perlmutter_dry_run(tmp_path, account="m0000")
+    assert code == 0, output[-3000:]
+    assert "config/mu200.yaml" in output
+    block = _job_block(output, "train_gnn")
+    resources = _resources(block)
+    assert resources["slurm_account"] == "m0000"
+    assert resources["constraint"] == "gpu"
+    assert (resources["gpu"], resources["tasks"], resources["tasks_per_gpu"]) == ("4", "4", "1")
+    # One rank per GPU, started by srun in the job step, all four on the node.
+    shell = _shell(output, block)
+    assert re.match(r"srun .*-n 4 --ntasks-per-node=4 trackgnn train gnn ", shell), shell
+    sbatch = _sbatch(resources, threads=4)
     for flag in ("-C gpu", "--gpus=4", "--ntasks-per-gpu=1", "--ntasks=4", "--cpus-per-gpu=32"):
         assert flag in sbatch, sbatch
 
-    # Per-event stages on CPU nodes, grouped; device-using ones on GPU nodes, one GPU each.
-    assert _resources(_job_block(output, "features"))["constraint"] == "cpu"
-    graph = _resources(_job_block(output, "build_graph"))
-    assert (graph["constraint"], graph["gpu"]) == ("gpu", "1")
-    assert re.search(r"Group job events", output) and re.search(r"Group job graph", output)
+    # Per-event work in chunks of workflow.events_per_job (50) events, one SLURM job each:
+    # ceil(events / 50) jobs per stage (the ids start at a multiple of 50), no groups.
+    mu200 = yaml.safe_load((REPO / "config" / "mu200.yaml").read_text())
+    per_job, data = mu200["workflow"]["events_per_job"], mu200["data"]
+    events = {"all": data["train_events"] + data["val_events"] + data["test_events"]}
+    events["test"] = data["test_events"]
+    plan = planned_jobs(output)
+    expected = {stage: -(-events[split] // per_job) for stage, split in PER_EVENT_STAGES.items()}
+    assert _per_stage(plan) == expected
+    assert sum(plan.values()) < events["all"] / 10
+    assert "Group job" not in output
+    # A chunk job takes its stage's profile settings: CPU nodes for features, one GPU of a GPU
+    # node for graph building; its command names the chunk's files.
+    features = _job_block(output, r"features_\d{9}")
+    assert _resources(features)["constraint"] == "cpu"
+    graph = _job_block(output, r"build_graph_\d{9}")
+    assert (_resources(graph)["constraint"], _resources(graph)["gpu"]) == ("gpu", "1")
+    assert _resources(graph)["runtime"] == "60"
+    assert len(re.findall(r"event\d{9}\.pt", _shell(output, graph))) == 2 * per_job
 
 
 def test_perlmutter_profile_without_account_is_a_one_line_error(tmp_path):
@@ -307,12 +354,47 @@ def test_perlmutter_profile_without_account_is_a_one_line_error(tmp_path):
     ), output[-2000:]
 
 
-def test_perlmutter_profile_refuses_a_single_rank_gnn(tmp_path):
+def test_perlmutter_profile_runs_a_single_rank_gnn_as_a_one_gpu_job_step(tmp_path):
     code, output = perlmutter_dry_run(
         tmp_path, account="m0000", overrides={"gnn": {"world_size": 1}}
     )
-    assert code != 0
-    assert "gnn.world_size: 1, but the profile launches train_gnn as srun ranks" in output
+    assert code == 0, output[-3000:]
+    block = _job_block(output, "train_gnn")
+    resources = _resources(block)
+    assert (resources["gpu"], resources["tasks"], resources["constraint"]) == ("1", "1", "gpu")
+    # No srun launcher of its own: the SLURM executor's job step (srun -n 1) runs the command.
+    assert "mpi" not in resources
+    assert _shell(output, block).startswith("trackgnn train gnn ")
+    sbatch = _sbatch(resources, threads=1)
+    # One GPU, one task on it.
+    for flag in ("-C gpu", "--gpus=1", "--ntasks-per-gpu=1", "--cpus-per-gpu=32"):
+        assert flag in sbatch, sbatch
+
+
+def test_chunked_per_event_stages_rerun_only_the_changed_events_chunk(tmp_path):
+    # Locally, 2 events per job: the smoke config's events 5000-5003 are two chunks.
+    base = write_config(tmp_path / "chunks.yaml", {"run": RUN, "workflow": {"events_per_job": 2}})
+    configs = [SMOKE, base]
+    first = snakemake(tmp_path, "--dry-run", configs=configs)
+    plan = planned_jobs(first.stdout + first.stderr)
+    assert _per_stage(plan) == {
+        "simulate_event": 2,
+        "features": 2,
+        "build_graph": 2,
+        "filter_graph": 2,
+        "score_edges": 1,
+        "build_tracks": 1,
+    }
+    features = [f"results/{RUN}/features/event00000500{i}.pt" for i in range(4)]
+    result = snakemake(tmp_path, *features, configs=configs)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    done = snakemake(tmp_path, "--dry-run", *features, configs=configs)
+    assert planned_jobs(done.stdout + done.stderr) == {}
+    # A changed event reruns its chunk's job (both events' features), nothing else.
+    with changed_event(SimpleNamespace(work=tmp_path), "000005003"):
+        again = snakemake(tmp_path, "--dry-run", *features, configs=configs)
+    output = again.stdout + again.stderr
+    assert planned_jobs(output) == {"features_000005002": 1}, output[-3000:]
 
 
 def test_perlmutter_profile_resolves_from_the_repository_root():

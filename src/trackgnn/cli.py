@@ -110,6 +110,7 @@ def _apply_threads(cfg: Any) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_simulate(args: argparse.Namespace) -> None:
+    from trackgnn.geometry import Detector
     from trackgnn.simulation import simulate_events
 
     cfg = _load_config(args)
@@ -118,26 +119,36 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     def given(value: Any, configured: Any) -> Any:
         return configured if value is None else value
 
-    simulate_events(
-        n_events=args.events,
-        mu=given(args.mu, sim.mu),
-        seed=given(args.seed, cfg.seed),
-        output_dir=args.output,
-        first_event_id=args.first_event_id,
-        generator=given(args.generator, sim.generator),
-        field=given(args.field, sim.field),
-        noise_fraction=given(args.noise_fraction, sim.noise_fraction),
-    )
+    # --event-ids: each listed event (an event's content depends only on its id and the seed,
+    # so it is the same whichever job simulates it); else --events from --first-event-id.
+    if args.event_ids:
+        runs = [(1, event_id) for event_id in args.event_ids]
+    else:
+        runs = [(args.events, args.first_event_id)]
+    detector = Detector.load()
+    for n_events, first_event_id in runs:
+        simulate_events(
+            n_events=n_events,
+            mu=given(args.mu, sim.mu),
+            seed=given(args.seed, cfg.seed),
+            output_dir=args.output,
+            first_event_id=first_event_id,
+            generator=given(args.generator, sim.generator),
+            field=given(args.field, sim.field),
+            noise_fraction=given(args.noise_fraction, sim.noise_fraction),
+            detector=detector,
+        )
 
 
 def cmd_features(args: argparse.Namespace) -> None:
     from trackgnn.features import run_features
 
-    with _timed(args.output) as figures:
-        features = run_features(args.event, args.output, require_truth=args.require_truth)
-        figures["n_hits"] = len(features["hit_id"])
-        figures["n_truth_edges"] = features["truth_edges"].shape[1]
-    log.info("features: %s -> %s", figures, args.output)
+    for event, output in _pairs("features", args.event, args.output):
+        with _timed(output) as figures:
+            features = run_features(event, output, require_truth=args.require_truth)
+            figures["n_hits"] = len(features["hit_id"])
+            figures["n_truth_edges"] = features["truth_edges"].shape[1]
+        log.info("features: %s -> %s", figures, output)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -357,9 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(
         sub.add_parser("simulate", help="generate TrackML-format events on the TrackML geometry")
     )
-    p.add_argument("--events", type=_positive_int, required=True, help="number of events")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--events", type=_positive_int, help="number of events")
+    which.add_argument(
+        "--event-ids", type=_non_negative_int, nargs="+", help="the ids of the events to simulate"
+    )
     p.add_argument("--output", type=Path, required=True, help="output directory")
-    p.add_argument("--first-event-id", type=_non_negative_int, default=1000)
+    p.add_argument(
+        "--first-event-id", type=_non_negative_int, default=1000, help="with --events: the first id"
+    )
     # Unset options take the config's values (the schema's defaults without --config).
     p.add_argument("--mu", type=_positive_float, help="mean pile-up (config: simulate.mu)")
     p.add_argument("--seed", type=_non_negative_int, help="random seed (config: seed)")
@@ -374,9 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("features", help="per-hit features and truth graph of one event")
-    p.add_argument("--event", required=True, help="event prefix, e.g. DIR/event000001000")
-    p.add_argument("--output", type=Path, required=True, help="output tensor file (.pt)")
+    p = sub.add_parser("features", help="per-hit features and truth graph of events")
+    p.add_argument(
+        "--event", nargs="+", required=True, help="event prefixes, e.g. DIR/event000001000"
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="output tensor files (.pt), one per event",
+    )
     p.add_argument(
         "--require-truth",
         action="store_true",

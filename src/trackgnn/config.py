@@ -136,6 +136,11 @@ class ReconstructConfig:
 
 
 @dataclass(frozen=True)
+class WorkflowConfig:
+    events_per_job: int
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str | None
     experiment: str
@@ -157,6 +162,7 @@ class Config:
     tracks: TracksConfig
     evaluation: EvaluationConfig
     reconstruct: ReconstructConfig
+    workflow: WorkflowConfig
     mlflow: MlflowConfig
 
     @property
@@ -274,6 +280,7 @@ _SECTION_TYPES: dict[str, type] = {
     "tracks": TracksConfig,
     "evaluation": EvaluationConfig,
     "reconstruct": ReconstructConfig,
+    "workflow": WorkflowConfig,
     "mlflow": MlflowConfig,
 }
 

@@ -91,3 +91,16 @@ class WorkflowContext:
 
     def stage_files(self, stage: str, split: str, ext: str = "pt") -> list[str]:
         return [f"{self.run_dir}/{stage}/event{e}.{ext}" for e in self.event_ids(split)]
+
+    def chunks(self, split: str) -> list[list[str]]:
+        """The events of a split in jobs of at most ``workflow.events_per_job`` events.
+
+        Chunks are blocks of ids (``event_id // events_per_job``), not positions in the list:
+        adding or removing an event changes only its own block's job, so the other chunks'
+        outputs stay up to date. Ids in a block keep the split's order.
+        """
+        size = self.cfg.workflow.events_per_job
+        blocks: dict[int, list[str]] = {}
+        for event in self.event_ids(split):
+            blocks.setdefault(int(event) // size, []).append(event)
+        return list(blocks.values())

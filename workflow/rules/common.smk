@@ -22,6 +22,70 @@ def split_files(stage, split, ext="pt"):
     return CTX.stage_files(stage, split, ext)
 
 
+# ------------------------------------------------------------------------------ per-event jobs
+# The per-event stages (simulate_event, features, build_graph, filter_graph, score_edges,
+# build_tracks) run workflow.events_per_job events per job. With 1 (the default) each stage is
+# one rule with an {event} wildcard, a job per event, as it always was. With more, the events
+# are chunked by id (trackgnn.workflow.WorkflowContext.chunks) and each chunk is a rule of its
+# own, named <stage>_<first event id>: its command takes the chunk's files (every stage command
+# accepts several) and writes the same per-event files. A changed event reruns its chunk's
+# whole job; the other chunks stay. On the cluster this replaces Snakemake groups of per-event
+# jobs, whose planning took minutes (10,000 events: see chunk_rule_settings).
+EVENTS_PER_JOB = CFG.workflow.events_per_job
+
+
+def event_jobs(stage, split="all"):
+    """(rule name, events) of a per-event stage: (stage, None) for the {event} wildcard rule."""
+    if EVENTS_PER_JOB == 1:
+        return [(stage, None)]
+    return [(f"{stage}_{chunk[0]}", chunk) for chunk in CTX.chunks(split)]
+
+
+def event_paths(stage, events, ext="pt"):
+    """A job's files of a stage: the {event} pattern, or each file of the chunk."""
+    if events is None:
+        return f"{RUN}/{stage}/event{{event}}.{ext}"
+    return [f"{RUN}/{stage}/event{event}.{ext}" for event in events]
+
+
+def for_events(function, events):
+    """A job's ``function(event)``: a function of the {event} wildcard, or the values of the
+    chunk's events (lists joined)."""
+    if events is None:
+        return lambda wildcards: function(wildcards.event)
+    values = []
+    for event in events:
+        value = function(event)
+        values.extend(value if isinstance(value, list) else [value])
+    return values
+
+
+def event_log(stage, events):
+    if events is None:
+        return f"{RUN}/logs/{stage}/event{{event}}.log"
+    return f"{RUN}/logs/{stage}/event{events[0]}-{events[-1]}.log"
+
+
+def chunk_rule_settings(name, stage):
+    """A chunk rule takes the profile's set-resources of its stage (profiles name stages).
+
+    And its producer test is a set lookup: Snakemake tests whether a rule makes a file by
+    matching the file against each of the rule's outputs as a regular expression, compiled once
+    per output. A chunk rule has no wildcards, so that is string equality; the regexes cost
+    over a third of planning 2,000 events (Snakemake 9.27; the measurements are in the commit
+    message). Rules with wildcards keep Snakemake's test.
+    """
+    if name == stage:
+        return
+    chunk_rule = workflow.get_rule(name)
+    assert not chunk_rule.wildcard_names, name
+    chunk_rule.is_producer = frozenset(map(str, chunk_rule.products())).__contains__
+    for key, resource in (
+        (workflow.resource_settings.overwrite_resources or {}).get(stage, {}).items()
+    ):
+        chunk_rule.resources[key] = resource
+
+
 # ------------------------------------------------------------------------------------ resources
 # Rules declare what a job needs (ranks, and GPUs when the config asks for CUDA); where it runs
 # (account, constraint, launcher, grouping) is the business of the profile (profiles/perlmutter).
@@ -53,7 +117,8 @@ def rank_launcher(resources):
 
     On a cluster the profile gives the rule an ``mpi`` resource (``srun ...``): the job step then
     starts ``tasks`` ranks, ``ranks_per_node`` (a profile resource; default: all on one node) per
-    node, one per GPU, and Snakemake's SLURM job step does not wrap the rule in ``srun -n1``.
+    node, one per GPU, and Snakemake's SLURM job step does not wrap the rule in ``srun -n1``
+    (train_gnn of one rank has no ``mpi``: a plain job, wrapped; see gnn.smk).
     Lightning needs the per-node count explicitly (SLURM_NTASKS_PER_NODE). Without ``mpi``,
     torchrun starts the ranks as local processes. A params function of ``resources`` is
     "derived", so switching between the launchers is no reason to retrain.
@@ -91,18 +156,13 @@ def _check_resource_environment():
 
 
 def _check_rank_launcher():
-    """srun ranks need at least two of them, filling whole nodes."""
+    """srun ranks fill whole nodes (one rank is a plain job: see gnn.smk)."""
     train_gnn = (workflow.resource_settings.overwrite_resources or {}).get(
         "train_gnn", {}
     )
     if "mpi" not in train_gnn:
         return
     world = CFG.gnn.world_size
-    if world < 2:
-        raise WorkflowError(
-            "gnn.world_size: 1, but the profile launches train_gnn as srun ranks (resource mpi); "
-            "set gnn.world_size to the number of GPUs (at least 2)"
-        )
     per_node = (
         int(train_gnn["ranks_per_node"].raw) if "ranks_per_node" in train_gnn else world
     )

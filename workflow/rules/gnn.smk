@@ -27,19 +27,32 @@ rule train_gnn:
         " --val {input.val:q} --output {output:q} > {log:q} 2>&1"
 
 
-rule score_edges:
-    input:
-        graph=f"{RUN}/filter/event{{event}}.pt",
-        model=f"{RUN}/models/gnn.ckpt",
-    output:
-        graph=f"{RUN}/gnn/event{{event}}.pt",
-        metrics=f"{RUN}/gnn/event{{event}}.json",
-    log:
-        f"{RUN}/logs/score_edges/event{{event}}.log",
-    conda:
-        CONDA_ENV
-    resources:
-        gpu=gpus(),
-    shell:
-        "trackgnn score-edges --config {CONFIG:q} --model {input.model:q}"
-        " --inputs {input.graph:q} --outputs {output.graph:q} 2> {log:q}"
+if CFG.gnn.world_size == 1:
+    # One rank is a plain single-GPU job: the SLURM executor starts it as a job step of its own
+    # (srun -n 1) and refuses an mpi job of one task, so a profile's srun launcher is dropped.
+    workflow.get_rule("train_gnn").resources["mpi"] = None
+
+
+# Edge scoring and track building: the test events (the chunks of the test split).
+for name, events in event_jobs("score_edges", "test"):
+
+    rule:
+        name:
+            name
+        input:
+            graph=event_paths("filter", events),
+            model=f"{RUN}/models/gnn.ckpt",
+        output:
+            graph=event_paths("gnn", events),
+            metrics=event_paths("gnn", events, "json"),
+        log:
+            event_log("score_edges", events),
+        conda:
+            CONDA_ENV
+        resources:
+            gpu=gpus(),
+        shell:
+            "trackgnn score-edges --config {CONFIG:q} --model {input.model:q}"
+            " --inputs {input.graph:q} --outputs {output.graph:q} 2> {log:q}"
+
+    chunk_rule_settings(name, "score_edges")

@@ -30,24 +30,30 @@ rule train_embedding:
         " --output {output:q} > {log:q} 2>&1"
 
 
-rule build_graph:
-    input:
-        features=f"{RUN}/features/event{{event}}.pt",
-        model=f"{RUN}/models/embedding.ckpt",
-    output:
-        graph=f"{RUN}/graph/event{{event}}.pt",
-        metrics=f"{RUN}/graph/event{{event}}.json",
-    log:
-        f"{RUN}/logs/build_graph/event{{event}}.log",
-    conda:
-        CONDA_ENV
-    resources:
-        gpu=gpus(),
-    params:
-        graph=CFG.section("graph"),
-    shell:
-        "trackgnn build-graph --config {CONFIG:q} --model {input.model:q}"
-        " --inputs {input.features:q} --outputs {output.graph:q} 2> {log:q}"
+for name, events in event_jobs("build_graph"):
+
+    rule:
+        name:
+            name
+        input:
+            features=event_paths("features", events),
+            model=f"{RUN}/models/embedding.ckpt",
+        output:
+            graph=event_paths("graph", events),
+            metrics=event_paths("graph", events, "json"),
+        log:
+            event_log("build_graph", events),
+        conda:
+            CONDA_ENV
+        resources:
+            gpu=gpus(),
+        params:
+            graph=CFG.section("graph"),
+        shell:
+            "trackgnn build-graph --config {CONFIG:q} --model {input.model:q}"
+            " --inputs {input.features:q} --outputs {output.graph:q} 2> {log:q}"
+
+    chunk_rule_settings(name, "build_graph")
 
 
 rule train_filter:
@@ -71,22 +77,28 @@ rule train_filter:
         " --output {output:q} > {log:q} 2>&1"
 
 
-rule filter_graph:
-    input:
-        graph=f"{RUN}/graph/event{{event}}.pt",
-        model=f"{RUN}/models/filter.ckpt",
-    output:
-        graph=f"{RUN}/filter/event{{event}}.pt",
-        metrics=f"{RUN}/filter/event{{event}}.json",
-    log:
-        f"{RUN}/logs/filter_graph/event{{event}}.log",
-    conda:
-        CONDA_ENV
-    resources:
-        gpu=gpus(),
-    params:
-        cut=CFG.filter.cut,
-        chunk_edges=CFG.filter.chunk_edges,
-    shell:
-        "trackgnn filter --config {CONFIG:q} --model {input.model:q} --inputs {input.graph:q}"
-        " --outputs {output.graph:q} 2> {log:q}"
+for name, events in event_jobs("filter_graph"):
+
+    rule:
+        name:
+            name
+        input:
+            graph=event_paths("graph", events),
+            model=f"{RUN}/models/filter.ckpt",
+        output:
+            graph=event_paths("filter", events),
+            metrics=event_paths("filter", events, "json"),
+        log:
+            event_log("filter_graph", events),
+        conda:
+            CONDA_ENV
+        resources:
+            gpu=gpus(),
+        params:
+            cut=CFG.filter.cut,
+            chunk_edges=CFG.filter.chunk_edges,
+        shell:
+            "trackgnn filter --config {CONFIG:q} --model {input.model:q} --inputs {input.graph:q}"
+            " --outputs {output.graph:q} 2> {log:q}"
+
+    chunk_rule_settings(name, "filter_graph")

@@ -6,12 +6,13 @@
 #   snakemake reconstruct --configfile config/config.yaml my.yaml
 # Outputs: <results_dir>/<run>/reconstruct/event#########.csv, submission.csv, report/ (truth).
 
-from trackgnn.reconstruct import plan_reconstruction
-
 RECONSTRUCT_CONFIGURED = bool(CFG.reconstruct.models or CFG.reconstruct.events)
 
 
 def _reconstruct_plan():
+    # Imported here: trackgnn.reconstruct imports torch, seconds that only this target needs.
+    from trackgnn.reconstruct import plan_reconstruction
+
     try:
         return plan_reconstruction(CFG)
     except TrackGNNError as err:

@@ -1,23 +1,29 @@
 # Track building (per event) and evaluation of the test events.
 
 
-rule build_tracks:
-    input:
-        f"{RUN}/gnn/event{{event}}.pt",
-    output:
-        tracks=f"{RUN}/tracks/event{{event}}.csv",
-        metrics=f"{RUN}/tracks/event{{event}}.json",
-    log:
-        f"{RUN}/logs/build_tracks/event{{event}}.log",
-    conda:
-        CONDA_ENV
-    resources:
-        gpu=gpus(),
-    params:
-        tracks=CFG.section("tracks"),
-    shell:
-        "trackgnn build-tracks --config {CONFIG:q} --inputs {input:q} --outputs {output.tracks:q}"
-        " 2> {log:q}"
+for name, events in event_jobs("build_tracks", "test"):
+
+    rule:
+        name:
+            name
+        input:
+            event_paths("gnn", events),
+        output:
+            tracks=event_paths("tracks", events, "csv"),
+            metrics=event_paths("tracks", events, "json"),
+        log:
+            event_log("build_tracks", events),
+        conda:
+            CONDA_ENV
+        resources:
+            gpu=gpus(),
+        params:
+            tracks=CFG.section("tracks"),
+        shell:
+            "trackgnn build-tracks --config {CONFIG:q} --inputs {input:q} --outputs {output.tracks:q}"
+            " 2> {log:q}"
+
+    chunk_rule_settings(name, "build_tracks")
 
 
 rule evaluate:
