@@ -535,11 +535,13 @@ def test_scaling_study_measures_ranks_for_real_and_reports_to_files_and_mlflow(t
         save_tensors(toy_graph(i), train[-1])
     config = write_config(
         tmp_path / "study.yaml",
-        {"run": "study", "results_dir": str(tmp_path / "results"), "seed": 1, "threads": 1,
+        {"run": "study", "results_dir": str(tmp_path / "results"), "seed": 1, "threads": 2,
          "gnn": {"hidden": 8, "n_iterations": 1}},
     )  # fmt: skip
     measure = ["study", "scaling", "measure", "--config", str(config), "--train", *train]
     measure += ["--sampler", "bulk-k4", "--scaling", "strong", "--steps", "8", "--batch-size", "32"]
+    # As the rule asks: the same threads per rank at every P (not all of a process's cores at P=1).
+    measure += ["--threads-per-rank", "1"]
     files = [tmp_path / "p1.json", tmp_path / "p2.json"]
     launches = [
         [sys.executable, "-m", "trackgnn.cli", *measure, "--world-size", "1"],
@@ -561,6 +563,7 @@ def test_scaling_study_measures_ranks_for_real_and_reports_to_files_and_mlflow(t
     assert (one["steps"], two["steps"], one["global_batch"], two["global_batch"]) == (8, 8, 32, 32)
     # Two ranks average their gradients in one all-reduce per step; one process has none.
     assert (one["allreduce_calls_per_step"], two["allreduce_calls_per_step"]) == (0.0, 1.0)
+    assert one["threads_per_rank"] == two["threads_per_rank"] == 1
     for figures in (one, two):
         assert figures["epoch_time_s"] > 0 and 0 < figures["sampling_share"] < 1
         assert figures["peak_rss_mb"] > 50

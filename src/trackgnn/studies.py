@@ -181,13 +181,17 @@ def measure_scaling(
     steps: int,
     output: str | Path,
     batch_size: int | None = None,
+    threads_per_rank: int | None = None,
 ) -> dict[str, Any]:
     """Train one study configuration for a fixed workload; write and return its figures.
 
     Must run under a launcher that starts ``world_size`` ranks (or as one plain process for
     ``world_size == 1``). ``steps`` is the timed workload M (a multiple of every world size for
     strong full-graph scaling); ``batch_size`` the ShaDow roots B (default: the config's
-    ``gnn.shadow.batch_size``). Only rank 0 writes ``output``.
+    ``gnn.shadow.batch_size``). ``threads_per_rank`` (CPU): torch threads of each rank, the same
+    for every P of a study so that it measures ranks, not threads (default: the config's
+    ``threads``, else the cores shared out among this launch's ranks). Only rank 0 writes
+    ``output``.
     """
     import pytorch_lightning as pl
     import torch
@@ -234,7 +238,9 @@ def measure_scaling(
     if device.type == "cpu":
         # P ranks share the node's cores; oversubscribed threads would measure contention.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(
+            threads_per_rank or cfg.threads or max(1, (os.cpu_count() or 1) // local_world)
+        )
     from trackgnn.training.distributed import launch_rank
 
     rank = launch_rank() if world_size > 1 else 0
@@ -313,6 +319,7 @@ def measure_scaling(
         "k": choice.k,
         "scaling": scaling,
         "world_size": world_size,
+        "threads_per_rank": torch.get_num_threads(),
         "device": device.type,
         "steps": rank_steps,
         "warmup_steps": warmup,
@@ -535,6 +542,7 @@ def _cmd_measure(args: argparse.Namespace) -> None:
         args.steps,
         args.output,
         batch_size=args.batch_size,
+        threads_per_rank=args.threads_per_rank,
     )
 
 
@@ -561,6 +569,9 @@ def add_study_parser(
     p.add_argument("--world-size", type=positive_int, required=True, help="ranks launched")
     p.add_argument("--steps", type=positive_int, required=True, help="timed steps (workload)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="ShaDow roots B")
+    p.add_argument(
+        "--threads-per-rank", type=positive_int, default=None, help="CPU: torch threads per rank"
+    )
     p.add_argument("--output", type=Path, required=True, help="figures JSON to write")
     p.set_defaults(func=_cmd_measure)
 

@@ -52,10 +52,14 @@ rule study_scaling_measure:
     params:
         launcher=lambda wildcards, resources: rank_launcher(resources),
         steps=STUDY_STEPS,
+        # Every P of a study gives each rank the same threads (the cores over the largest P):
+        # a weak-scaling P = 1 on all cores would measure thread scaling too.
+        threads_per_rank=max(1, (os.cpu_count() or 1) // STUDY_WORLDS[-1]),
     shell:
         "{params.launcher} study scaling measure --config {CONFIG:q} --train {input.train:q}"
         " --sampler {wildcards.sampler} --scaling {wildcards.scaling}"
-        " --world-size {wildcards.world} --steps {params.steps} --output {output:q} > {log:q} 2>&1"
+        " --world-size {wildcards.world} --steps {params.steps} --threads-per-rank {params.threads_per_rank}"
+        " --output {output:q} > {log:q} 2>&1"
 
 
 rule scaling:
