@@ -50,28 +50,15 @@ from torch.nn.parallel import DistributedDataParallel
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.training.distributed import (
     AllReduceHookState,
+    distributed_ready,
     model_bytes,
     one_bucket_ddp_kwargs,
     timed_allreduce_hook,
+    unique_trainable_parameters,
 )
 
 NODE_FEATURES = 12  # r, phi, z, eta + cell-cluster shape features
 MODES = ("per_parameter", "coalesced", "torch_ddp")
-
-
-def _distributed_ready() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _trainable_unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """Parameters that take gradients, each once, in first-seen order (identical on every rank)."""
-    seen: set[int] = set()
-    unique = []
-    for param in params:
-        if param.requires_grad and id(param) not in seen:
-            seen.add(id(param))
-            unique.append(param)
-    return unique
 
 
 # The two baselines below are the package's former gradient averaging (trackgnn trains with
@@ -95,8 +82,8 @@ def allreduce_gradients_coalesced(
     group (single-process training) there is nothing to average and nothing happens. Returns the
     number of ``all_reduce`` calls made (1 for a uniform dtype, 0 when there is nothing to reduce).
     """
-    trainable = _trainable_unique(params)
-    if not trainable or not _distributed_ready():
+    trainable = unique_trainable_parameters(params)
+    if not trainable or not distributed_ready():
         return 0
     world_size = dist.get_world_size(group)
     by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
@@ -144,11 +131,11 @@ def allreduce_gradients_per_parameter(
     Every rank must hold a gradient for the same parameters. Without an initialised process group
     nothing happens. Returns the number of calls made.
     """
-    if not _distributed_ready():
+    if not distributed_ready():
         return 0
     world_size = dist.get_world_size(group)
     n_calls = 0
-    for param in _trainable_unique(params):
+    for param in unique_trainable_parameters(params):
         if param.grad is None:
             continue
         dist.all_reduce(param.grad, op=dist.ReduceOp.SUM, group=group)

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from trackgnn.config import config_from_dict
-from trackgnn.io import save_tensors
 from trackgnn.scoring import GraphBatch, load_event_graph
 from trackgnn.training.gnn import (
     FullGraphStream,
@@ -39,21 +38,20 @@ LAUNCH_ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORC
 pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command is available")
 
 
+SMALL_TOY = {"n_tracks": 10, "n_fake": 120}
+
+
 def _toy_event(seed: int) -> dict:
     from tests.test_gnn import toy_event
 
-    return toy_event(seed, n_tracks=10, n_fake=120)
+    return toy_event(seed, **SMALL_TOY)
 
 
 @pytest.fixture(scope="module")
 def event_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    directory = tmp_path_factory.mktemp("events")
-    files = []
-    for i in range(7):
-        path = directory / f"event{i:09d}.pt"
-        save_tensors(_toy_event(i), path)
-        files.append(str(path))
-    return files
+    from tests.test_gnn import write_toy_events
+
+    return write_toy_events(tmp_path_factory.mktemp("events"), 7, **SMALL_TOY)
 
 
 def _cfg(results: Path, **gnn: Any) -> Any:

@@ -52,15 +52,19 @@ def toy_event(seed: int, n_tracks: int = 30, hits_per_track: int = 8, n_fake: in
     }
 
 
-@pytest.fixture(scope="module")
-def graph_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    directory = tmp_path_factory.mktemp("filter")
+def write_toy_events(directory: Path, count: int, **toy: int) -> list[str]:
+    """``count`` toy event graphs ``event#########.pt`` (seeds 0, 1, ...); their paths."""
     files = []
-    for i in range(4):
+    for i in range(count):
         path = directory / f"event{i:09d}.pt"
-        save_tensors(toy_event(i), path)
+        save_tensors(toy_event(i, **toy), path)
         files.append(str(path))
     return files
+
+
+@pytest.fixture(scope="module")
+def graph_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return write_toy_events(tmp_path_factory.mktemp("filter"), 4)
 
 
 def small_cfg(tmp_path: Path, **gnn: object) -> object:

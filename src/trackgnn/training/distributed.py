@@ -56,11 +56,11 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 300.0
 
 
-def _distributed_ready() -> bool:
+def distributed_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _trainable_unique(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+def unique_trainable_parameters(params: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """Parameters that take gradients, each once, in first-seen order (identical on every rank)."""
     seen: set[int] = set()
     unique = []
@@ -118,7 +118,9 @@ class GradSyncStats:
 
 def model_bytes(module: torch.nn.Module) -> int:
     """Bytes of the trainable parameters (what DDP's gradient buckets hold)."""
-    return sum(p.numel() * p.element_size() for p in _trainable_unique(module.parameters()))
+    return sum(
+        p.numel() * p.element_size() for p in unique_trainable_parameters(module.parameters())
+    )
 
 
 def one_bucket_ddp_kwargs(module: torch.nn.Module) -> dict[str, Any]:
@@ -430,7 +432,7 @@ def is_rank_zero() -> bool:
     Uses the process group once it exists, before that the launcher's environment (torchrun's
     ``RANK``, SLURM's ``SLURM_PROCID``, Lightning's child ``LOCAL_RANK`` / ``NODE_RANK``).
     """
-    if _distributed_ready():
+    if distributed_ready():
         return dist.get_rank() == 0
     if "RANK" in os.environ:
         return _env_int("RANK") == 0
