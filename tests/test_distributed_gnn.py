@@ -124,8 +124,7 @@ def test_shadow_stream_any_remainder_no_crash_every_root_once(world: int, tmp_pa
     for batch_size in batch_sizes:
         cfg = _cfg(tmp_path, mode="shadow", shadow={"batch_size": batch_size, "k": 2})
         streams = [ShadowStream(graph, cfg, torch.device("cpu"), r, world) for r in range(world)]
-        gen = torch.Generator().manual_seed(0)
-        order = streams[0].roots[torch.randperm(n_roots, generator=gen)]
+        order = streams[0].epoch_roots()
         roots = [
             streams[r]._rank_roots(order, step)
             for step in range(len(streams[0]))
@@ -140,6 +139,41 @@ def test_shadow_stream_any_remainder_no_crash_every_root_once(world: int, tmp_pa
         short = (n_roots % batch_size and n_roots % batch_size < world) or batch_size < world
         assert bool(stand_ins) == bool(short), batch_size
         assert (streams[0].imbalance() is not None) == bool(short), batch_size
+
+
+def test_roots_per_epoch_is_a_fresh_uniform_draw_without_replacement(tmp_path: Path) -> None:
+    graph = union_graph([load_event_graph_from(_toy_event(i)) for i in range(2)])
+    per_epoch, epochs = 40, 600
+    cfg = _cfg(tmp_path, mode="shadow", shadow={"batch_size": 16, "roots_per_epoch": per_epoch})
+    stream = ShadowStream(graph, cfg, torch.device("cpu"), 0, 1)
+    n = len(stream.roots)
+    assert n > 3 * per_epoch and len(stream) == 3  # 40 roots: steps of 16, 16 and 8
+    counts = torch.zeros(int(graph.x.shape[0]), dtype=torch.int64)
+    previous = None
+    for epoch in range(epochs):
+        stream.epoch = epoch
+        roots = stream.epoch_roots()
+        assert len(roots) == per_epoch and len(roots.unique()) == per_epoch  # no root twice
+        assert torch.isin(roots, stream.roots).all()  # only vertices with an edge
+        assert previous is None or not torch.equal(roots.sort().values, previous)  # fresh draw
+        previous = roots.sort().values
+        counts[roots] += 1
+    # Each vertex is a root in an epoch with probability p = 40 / n: its count over the epochs is
+    # binomial. 5 sigma bounds on every vertex (a miss has odds below 1e-4 over all vertices),
+    # and the spread of the counts must be the binomial one, not that of a biased draw.
+    p = per_epoch / n
+    mean, sigma = epochs * p, (epochs * p * (1 - p)) ** 0.5
+    root_counts = counts[stream.roots].double()
+    assert float((root_counts - mean).abs().max()) < 5 * sigma
+    assert 0.75 < float(root_counts.var() / sigma**2) < 1.3
+    assert int(counts.sum()) == int(root_counts.sum())
+    # One epoch of the stream trains exactly the drawn roots.
+    stream.epoch = 7
+    assert sum(b.n_samples for b in stream) == per_epoch
+    # More roots per epoch than vertices with an edge: every vertex once.
+    cfg = _cfg(tmp_path, mode="shadow", shadow={"batch_size": 16, "roots_per_epoch": 10 * n})
+    whole = ShadowStream(graph, cfg, torch.device("cpu"), 0, 1)
+    assert torch.equal(whole.epoch_roots().sort().values, whole.roots.sort().values)
 
 
 def test_stand_in_step_adds_nothing_to_the_gradient() -> None:

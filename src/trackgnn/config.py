@@ -91,6 +91,7 @@ class ShadowConfig:
     sampler: Literal["bulk", "reference", "pyg"]
     k: int
     root_weight: float
+    roots_per_epoch: int | None
 
 
 @dataclass(frozen=True)

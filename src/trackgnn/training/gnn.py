@@ -6,7 +6,8 @@ Training modes:
   the epoch's shuffled event order and gradients are averaged.
 * ``shadow``: the training events are joined into one disjoint-union graph, so a minibatch mixes
   roots (and subgraphs) from all events. Every vertex with at least one edge is a root once per
-  epoch, in a seeded shuffled order; each step takes the next ``batch_size`` roots (global), split
+  epoch (or ``roots_per_epoch`` of them, drawn afresh each epoch, uniformly without replacement),
+  in a seeded shuffled order; each step takes the next ``batch_size`` roots (global), split
   in P shares differing by at most one root; the loss is over all induced edges of the sampled
   subgraphs, with edges incident to a root weighted by ``root_weight``.
 
@@ -188,7 +189,10 @@ def rank_share(batch: Tensor, rank: int, world: int) -> Tensor:
 class ShadowStream(IterableDataset):
     """Each epoch: shuffled roots, ``batch_size`` per global step, this rank's share sampled.
 
-    Every root is trained on once per epoch: a step's roots are split in shares differing by at
+    An epoch's roots are the first ``roots_per_epoch`` of a fresh random permutation of the
+    vertices with an edge: a uniform draw without replacement, so every vertex is equally likely
+    to be a root and none is a root twice in an epoch (all of them once when it is unset).
+    Every drawn root is trained on once: a step's roots are split in shares differing by at
     most one root (:func:`rank_share`); in a last step with fewer roots than ranks, the ranks
     without a root step on :func:`stand_in_batch`. The sampler draws ``k`` minibatches per call
     (the bulk sampler's stacked problem).
@@ -206,6 +210,7 @@ class ShadowStream(IterableDataset):
         degree = torch.bincount(graph.edge_index.flatten(), minlength=n)
         # Isolated vertices would give empty subgraphs: no edges, nothing to learn.
         self.roots = torch.nonzero(degree > 0).flatten()
+        self.roots_per_epoch = min(sc.roots_per_epoch or len(self.roots), len(self.roots))
         sampling_graph = build_sampling_graph(graph.edge_index, n)
         self.sampler = make_sampler(
             sc.sampler,
@@ -222,7 +227,7 @@ class ShadowStream(IterableDataset):
         self.stand_in = stand_in_batch(graph) if graph.edge_index.shape[1] else None
 
     def __len__(self) -> int:
-        return math.ceil(len(self.roots) / self.batch_size)
+        return math.ceil(self.roots_per_epoch / self.batch_size)
 
     def imbalance(self) -> str | None:
         """A sentence on ranks without roots in the last step, or None when there are none."""
@@ -234,7 +239,7 @@ class ShadowStream(IterableDataset):
                 f"{self.world - self.batch_size} of {self.world} ranks on an empty stand-in "
                 "in every step"
             )
-        rest = len(self.roots) % self.batch_size or self.batch_size
+        rest = self.roots_per_epoch % self.batch_size or self.batch_size
         if rest >= self.world:
             return None
         return (
@@ -242,13 +247,19 @@ class ShadowStream(IterableDataset):
             f"{self.world - rest} rank(s) step on an empty stand-in (no root is dropped)"
         )
 
+    def epoch_roots(self) -> Tensor:
+        """This epoch's roots in training order (the same on every rank): a seeded uniform draw
+        of ``roots_per_epoch`` vertices without replacement, fresh each epoch."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.roots), generator=gen)
+        return self.roots[perm[: self.roots_per_epoch]]
+
     def _rank_roots(self, order: Tensor, step: int) -> Tensor:
         batch = order[step * self.batch_size : (step + 1) * self.batch_size]
         return rank_share(batch, self.rank, self.world)
 
     def __iter__(self) -> Iterator[GraphBatch]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = self.roots[torch.randperm(len(self.roots), generator=gen)]
+        order = self.epoch_roots()
         sample_gen = torch.Generator(device=self.device).manual_seed(
             (self.seed * 1_000_003 + self.epoch) * 4099 + self.rank
         )
