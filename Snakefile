@@ -3,6 +3,7 @@
 #   snakemake --configfile config/smoke.yaml
 #   snakemake --profile perlmutter     NERSC Perlmutter (SLURM), config/mu200.yaml
 #   snakemake scaling                  the data-parallel scaling study (workflow/rules/studies.smk)
+#   snakemake pileup_study noise_study the trained pipeline at other pile-up and noise levels
 #   snakemake reconstruct --configfile config/config.yaml my.yaml   trained models on your events
 #                                      (workflow/rules/reconstruct.smk)
 # Rules are thin: each calls one `trackgnn` subcommand; the logic lives in src/trackgnn.
@@ -48,6 +49,8 @@ include: "workflow/rules/reconstruct.smk"
 localrules:
     all,
     scaling,
+    pileup_study,
+    noise_study,
     reconstruct,
 
 

@@ -1,61 +1,85 @@
-"""Validation edge precision and recall per epoch: ShaDow minibatches vs full-graph training.
+"""Validation edge precision, recall and AUC against training seconds: ShaDow vs full-graph modes.
 
-The claim tested (Figure 4 of the ShaDow scaling paper): after the same number of epochs, ShaDow
-minibatch training reaches at least the precision and recall of full-graph training. All modes
-train the same InteractionGNN (same seed, initial weights, loss and learning-rate schedule) on
-the same filtered event graphs of a finished run (default: ``results/default/filter``) and are
-validated after every epoch on the same validation events (score cut 0.5, label ``y_pid``):
+Equal wall-clock time, not equal epochs: each mode trains the same InteractionGNN (same seed,
+initial weights, loss, learning rate) on the same filtered event graphs of a finished run for the
+same budget of training seconds, and is validated at evenly spaced points of its training clock
+(the clock stops while it is validated) on the same whole validation events (score cut 0.5,
+label ``y_pid``). The one-cycle learning-rate schedule of the pipeline spans the steps each mode
+fits in the budget, estimated from its first steps' median time. Modes:
 
-* ``full``: one whole event graph per step;
-* ``sectors``: full mode with ``gnn.phi_sectors`` azimuthal sectors per event (what the default
-  config trains on a CPU);
-* ``shadow``: ShaDow subgraph minibatches (``gnn.shadow``: depth, fanout, batch size, bulk
-  sampler), every vertex a root once per epoch.
+* ``shadow``: ShaDow subgraph minibatches from the config's sampler (``gnn.shadow``: depth,
+  fanout, batch size, ``roots_per_epoch`` drawn afresh each epoch);
+* ``sectors``: full mode with ``gnn.phi_sectors`` azimuthal sectors per event (``--sectors``);
+* ``full``: one whole event graph per step (at mu = 200 it needs more than 24 GB on a CPU: leave
+  it out there).
 
-One JSON line per (mode, epoch), then one line per mode comparison with the ratios, and a PNG
-with the curves. A ShaDow epoch trains on every vertex's subgraph: with the default depth 3 and
-fanout 6 on these graphs (about 7 edges per hit) that is some 200 times the edges of a full-graph
-epoch, more than a 2-core CPU affords; pass a smaller ``--depth`` / ``--fanout`` and a subset of
-the events there.
+One JSON line per validation point, one per mode with its final figures and their ratios to the
+first mode's, then a Markdown table and a PNG of the curves.
 
-    python bench/shadow_vs_full.py --train-events 2 --epochs 3 --depth 2 --fanout 6
-    python bench/shadow_vs_full.py --quick      # 2 train events, 2 epochs, small ShaDow (~1 min)
+    python bench/shadow_vs_full.py --run results/mu200-cpu --config config/mu200-cpu.yaml \
+        --modes shadow,sectors --seconds 600
+    python bench/shadow_vs_full.py --quick      # the default run, 2 train events, 40 s per mode
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
+WARMUP_STEPS = 5
 
-def _train(mode: str, cfg, train_graphs, val_graphs, phi_col: int, epochs: int, seed: int):
+
+def _stream(mode: str, cfg, train_graphs, phi_col: int, sectors: int, device):
     import torch
 
-    from trackgnn.scoring import edge_classification_metrics
     from trackgnn.training.gnn import (
         FullGraphStream,
-        GNNModule,
         ShadowStream,
         split_phi_sectors,
         union_graph,
     )
+
+    if mode == "shadow":
+        return ShadowStream(union_graph(train_graphs), cfg, device, 0, 1)
+    n_sectors = sectors if mode == "sectors" else 1
+    parts = [
+        part
+        for graph in train_graphs
+        for part in split_phi_sectors(graph, graph.x[:, phi_col] * torch.pi, n_sectors)
+    ]
+    return FullGraphStream(parts, cfg.seed, 0, 1)
+
+
+def _batches(stream):
+    """Minibatches across epochs, forever (the stream's epoch advances each pass)."""
+    epoch = 0
+    while True:
+        stream.epoch = epoch
+        yield from stream
+        epoch += 1
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _train(mode: str, cfg, train_graphs, val_graphs, phi_col: int, args, device) -> list[dict]:
+    import torch
+
+    from trackgnn.scoring import edge_classification_metrics
+    from trackgnn.training.gnn import GNNModule
     from trackgnn.training.schedule import one_cycle_scheduler
 
     g = cfg.gnn
-    torch.manual_seed(seed)
-    if mode == "shadow":
-        stream = ShadowStream(union_graph(train_graphs), cfg, torch.device("cpu"), 0, 1)
-    else:
-        n_sectors = g.phi_sectors if mode == "sectors" else 1
-        parts = [
-            part
-            for graph in train_graphs
-            for part in split_phi_sectors(graph, graph.x[:, phi_col] * torch.pi, n_sectors)
-        ]
-        stream = FullGraphStream(parts, seed, 0, 1)
+    torch.manual_seed(cfg.seed)
+    stream = _stream(mode, cfg, train_graphs, phi_col, args.sectors, device)
     model_args = {
         "node_features": int(train_graphs[0].x.shape[1]),
         "hidden": g.hidden,
@@ -63,43 +87,54 @@ def _train(mode: str, cfg, train_graphs, val_graphs, phi_col: int, epochs: int, 
         "mlp_layers": g.mlp_layers,
         "angle_columns": [phi_col],
     }
-    torch.manual_seed(seed)  # same initial weights in every mode
-    module = GNNModule(
-        model=model_args,
-        lr=g.lr,
-        pos_weight=g.pos_weight,
-        compile=False,
-        mode=mode,
-        resume_key="",
-        total_steps=epochs * len(stream),
-    )
+    torch.manual_seed(cfg.seed)  # same initial weights in every mode
+    module = GNNModule(model_args, g.lr, g.pos_weight, False, mode, "").to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=g.lr)
-    scheduler = one_cycle_scheduler(optimizer, epochs * len(stream))
-    curve = []
-    for epoch in range(epochs):
-        stream.epoch = epoch
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=g.amp)
+
+    def timed_step(batches) -> float:
+        """Draw a minibatch and take one optimizer step; its seconds."""
         start = time.perf_counter()
-        module.train()
-        edges = 0
-        for batch in stream:
+        batch = next(batches).to(device)
+        with amp:
             loss = module._loss(module(batch), batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        return time.perf_counter() - start
+
+    module.train()
+    # Warm-up steps, whose updates are then undone, size the schedule: the steps this mode fits
+    # in the budget.
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    batches = _batches(stream)
+    per_step = statistics.median(timed_step(batches) for _ in range(WARMUP_STEPS))
+    module.load_state_dict(state)
+    optimizer.load_state_dict(opt_state)
+    total_steps = max(1, int(args.seconds / per_step))
+    scheduler = one_cycle_scheduler(optimizer, total_steps)
+    batches = _batches(stream)  # restart the data too: every mode starts from epoch 0
+
+    curve, clock, steps = [], 0.0, 0
+    marks = [args.seconds * (i + 1) / args.points for i in range(args.points)]
+    for mark in marks:
+        module.train()
+        while clock < mark and steps < total_steps:
+            clock += timed_step(batches)
             scheduler.step()
-            edges += batch.edge_index.shape[1]
-        train_s = time.perf_counter() - start
+            steps += 1
         module.eval()
-        with torch.no_grad():
-            logits = torch.cat([module(v) for v in val_graphs])
+        with torch.no_grad(), amp:
+            logits = torch.cat([module(v.to(device)).float().cpu() for v in val_graphs])
         y = torch.cat([v.y for v in val_graphs])
         metrics = edge_classification_metrics(logits, y)
         row = {
             "mode": mode,
-            "epoch": epoch + 1,
-            "steps": len(stream),
-            "edges_trained": edges,
-            "train_s": round(train_s, 2),
+            "train_s": round(clock, 2),
+            "steps": steps,
+            "epochs": round(steps / max(1, len(stream)), 3),
             **{k: round(v, 5) for k, v in metrics.items()},
         }
         print(json.dumps(row), flush=True)
@@ -113,31 +148,28 @@ def main() -> None:
     parser.add_argument("--config", default="config/config.yaml")
     parser.add_argument("--train-events", type=int, default=4)
     parser.add_argument("--val-events", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--modes", default="full,sectors,shadow")
+    parser.add_argument("--seconds", type=float, default=300.0, help="training seconds per mode")
+    parser.add_argument("--points", type=int, default=8, help="validation points per mode")
+    parser.add_argument("--modes", default="shadow,sectors,full")
+    parser.add_argument("--sectors", type=int, help="sectors per event (default: gnn.phi_sectors)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--plot", default="results/shadow_vs_full.png")
-    parser.add_argument("--depth", type=int, help="ShaDow depth (default: config)")
-    parser.add_argument("--fanout", type=int, help="ShaDow fanout (default: config)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
 
     import torch
 
-    from trackgnn.config import config_from_dict, load_config
+    from trackgnn.config import load_config
     from trackgnn.io import load_tensors
     from trackgnn.models.mlp import angle_columns
     from trackgnn.scoring import load_event_graph
     from trackgnn.workflow import WorkflowContext
 
-    cfg = load_config(args.config)
-    raw = cfg.to_dict()
     if args.quick:
-        args.train_events, args.epochs = 2, 2
-        raw["gnn"]["shadow"].update(depth=2, fanout=4)
-    for key in ("depth", "fanout"):
-        if getattr(args, key) is not None:
-            raw["gnn"]["shadow"][key] = getattr(args, key)
-    cfg = config_from_dict(raw)
+        args.train_events, args.seconds, args.points = 2, 40.0, 4
+    cfg = load_config(args.config)
+    args.sectors = args.sectors or max(cfg.gnn.phi_sectors, 2)
+    device = torch.device(args.device)
     ctx = WorkflowContext(cfg)
     run = Path(args.run)
 
@@ -148,43 +180,54 @@ def main() -> None:
     val_files = files("val", args.val_events)
     missing = [str(f) for f in train_files + val_files if not f.exists()]
     if missing:
-        sys.exit(f"{missing[0]}: missing; run the pipeline first (make run)")
+        sys.exit(f"{missing[0]}: missing; run the pipeline of {args.config} first")
     train_graphs = [load_event_graph(f) for f in train_files]
     val_graphs = [load_event_graph(f) for f in val_files]
     phi_col = angle_columns(load_tensors(train_files[0]).get("feature_names"))[0]
-    print(
-        json.dumps(
-            {
-                "train_events": len(train_graphs),
-                "val_events": len(val_graphs),
-                "edges_per_event": sum(g.edge_index.shape[1] for g in train_graphs)
-                / len(train_graphs),
-                "threads": torch.get_num_threads(),
-                "shadow": raw["gnn"]["shadow"],
-                "phi_sectors": cfg.gnn.phi_sectors,
-            }
-        ),
-        flush=True,
-    )
-    curves = {
-        mode: _train(mode, cfg, train_graphs, val_graphs, phi_col, args.epochs, cfg.seed)
-        for mode in args.modes.split(",")
+    setup = {
+        "config": args.config,
+        "device": str(device),
+        "train_events": len(train_graphs),
+        "val_events": len(val_graphs),
+        "nodes_per_event": sum(g.x.shape[0] for g in train_graphs) / len(train_graphs),
+        "edges_per_event": sum(g.edge_index.shape[1] for g in train_graphs) / len(train_graphs),
+        "threads": torch.get_num_threads(),
+        "seconds": args.seconds,
+        "shadow": cfg.to_dict()["gnn"]["shadow"],
+        "sectors": args.sectors,
+        "amp": cfg.gnn.amp,
     }
+    print(json.dumps(setup), flush=True)
+    modes = args.modes.split(",")
+    curves = {m: _train(m, cfg, train_graphs, val_graphs, phi_col, args, device) for m in modes}
     last = {mode: curve[-1] for mode, curve in curves.items()}
-    if "full" in last:
-        for mode, row in last.items():
-            if mode == "full":
-                continue
-            # None where full-graph training has not left zero yet (no edge above the cut).
-            ratios = {
-                f"{k}_vs_full": round(row[k] / last["full"][k], 3) if last["full"][k] else None
-                for k in ("precision", "recall", "auc", "train_s")
-            }
-            print(json.dumps({"comparison": f"{mode}/full", "epochs": args.epochs, **ratios}))
-    _plot(curves, args.plot)
+    base = modes[0]
+    for mode, row in last.items():
+        ratios = {
+            f"{k}_vs_{base}": round(row[k] / last[base][k], 3) if last[base][k] else None
+            for k in ("precision", "recall", "auc")
+        }
+        print(json.dumps({"final": mode, **row, **ratios}), flush=True)
+    print(_table(setup, last))
+    _plot(curves, args.plot, setup)
 
 
-def _plot(curves: dict, path: str) -> None:
+def _table(setup: dict, last: dict) -> str:
+    lines = [
+        f"{setup['seconds']:.0f} training seconds per mode on {setup['device']}:",
+        "",
+        "| mode | steps | epochs | precision | recall | AUC |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for mode, row in last.items():
+        lines.append(
+            f"| {mode} | {row['steps']} | {row['epochs']} "
+            f"| {row['precision']:.4f} | {row['recall']:.4f} | {row['auc']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot(curves: dict, path: str, setup: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,12 +235,13 @@ def _plot(curves: dict, path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for mode, curve in curves.items():
-        epochs = [row["epoch"] for row in curve]
+        seconds = [row["train_s"] for row in curve]
         for ax, key in zip(axes, ("precision", "recall", "auc"), strict=True):
-            ax.plot(epochs, [row[key] for row in curve], marker="o", label=mode)
-            ax.set_xlabel("epoch")
+            ax.plot(seconds, [row[key] for row in curve], marker="o", label=mode)
+            ax.set_xlabel(f"training seconds ({setup['device']})")
             ax.set_title(f"validation edge {key}")
     axes[0].legend()
+    fig.suptitle(Path(setup["config"]).name, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -262,14 +262,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             args.events, args.tracks, args.graphs, args.filtered, args.scored, strict=True
         )
     ]
-    ev = cfg.evaluation
-    cuts = EvaluationCuts(
-        min_pt=ev.min_pt,
-        max_eta=ev.max_eta,
-        min_hits=ev.min_hits,
-        signal_pt=ev.signal_pt,
-        min_track_length=cfg.tracks.min_length,
-    )
+    cuts = EvaluationCuts.from_config(cfg)
     with _stage_run(cfg, "evaluate", "evaluation") as mlrun:
         summary = evaluate_events(
             events,

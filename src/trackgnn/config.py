@@ -130,6 +130,12 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class StudiesConfig:
+    pileup_mu: list[float]
+    noise_fractions: list[float]
+
+
+@dataclass(frozen=True)
 class ReconstructConfig:
     models: str | None
     events: str | None
@@ -162,6 +168,7 @@ class Config:
     gnn: GNNConfig
     tracks: TracksConfig
     evaluation: EvaluationConfig
+    studies: StudiesConfig
     reconstruct: ReconstructConfig
     workflow: WorkflowConfig
     mlflow: MlflowConfig
@@ -280,6 +287,7 @@ _SECTION_TYPES: dict[str, type] = {
     "filter": FilterConfig,
     "tracks": TracksConfig,
     "evaluation": EvaluationConfig,
+    "studies": StudiesConfig,
     "reconstruct": ReconstructConfig,
     "workflow": WorkflowConfig,
     "mlflow": MlflowConfig,

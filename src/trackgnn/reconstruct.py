@@ -402,14 +402,7 @@ def _evaluate_if_truth(cfg: Config, prefixes: Sequence[Path], staging: Path) -> 
         if any(with_truth):
             log.info("evaluation skipped: only some events have truth and particles files")
         return False
-    ev = cfg.evaluation
-    cuts = EvaluationCuts(
-        min_pt=ev.min_pt,
-        max_eta=ev.max_eta,
-        min_hits=ev.min_hits,
-        signal_pt=ev.signal_pt,
-        min_track_length=cfg.tracks.min_length,
-    )
+    cuts = EvaluationCuts.from_config(cfg)
     inputs = [
         EventInputs(prefix=p, tracks=staging / f"event{event_id_from_prefix(p):09d}.csv")
         for p in prefixes

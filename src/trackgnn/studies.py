@@ -556,9 +556,12 @@ def add_study_parser(
     with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
     positive_int: Callable[[str], int],
 ) -> None:
-    """Add ``study scaling measure`` and ``study scaling report`` to the ``trackgnn`` CLI."""
-    study = subparsers.add_parser("study", help="performance studies (scaling)")
+    """Add ``study scaling|pileup|noise measure|report`` to the ``trackgnn`` CLI."""
+    from trackgnn.robustness import add_robustness_parsers
+
+    study = subparsers.add_parser("study", help="studies: scaling, pile-up and noise robustness")
     kinds = study.add_subparsers(dest="study", required=True, metavar="STUDY")
+    add_robustness_parsers(kinds, with_config)
     scaling = kinds.add_parser("scaling", help="data-parallel scaling of GNN training")
     actions = scaling.add_subparsers(dest="action", required=True, metavar="ACTION")
 

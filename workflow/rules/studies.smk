@@ -78,3 +78,126 @@ rule scaling:
     shell:
         "trackgnn study scaling report --config {CONFIG:q} --inputs {input:q}"
         " --output-dir {params.report_dir:q} > {log:q} 2>&1 && cat {log:q}"
+
+
+# Robustness studies (targets `pileup_study` and `noise_study`; logic in trackgnn.robustness):
+# the run's trained models applied unchanged to the test split's event ids simulated anew at
+# each point (studies.pileup_mu, studies.noise_fractions). Writes
+# results/<run>/report/<study>/{<study>.csv,<study>_events.csv,<study>.png} and MLflow runs.
+
+from trackgnn.robustness import STUDIES, point_simulation, study_points
+
+ROBUSTNESS_DIR = f"{RUN}/study"
+ROBUSTNESS_POINTS = {study: study_points(CFG, study) for study in STUDIES}
+ROBUSTNESS_EVENTS = CTX.event_ids("test")
+EVENT_KINDS = ("hits", "cells", "particles", "truth")
+
+
+def _point_value(wildcards):
+    return ROBUSTNESS_POINTS[wildcards.study][wildcards.point]
+
+
+def _point_events_dir(wildcards):
+    return f"{ROBUSTNESS_DIR}/{wildcards.study}/{wildcards.point}/events"
+
+
+def _point_prefixes(wildcards):
+    return [f"{_point_events_dir(wildcards)}/event{e}" for e in ROBUSTNESS_EVENTS]
+
+
+def _point_simulation(wildcards, setting):
+    return point_simulation(CFG, wildcards.study, _point_value(wildcards))[setting]
+
+
+rule simulate_study_events:
+    output:
+        [
+            f"{ROBUSTNESS_DIR}/{{study}}/{{point}}/events/event{e}-{kind}.csv"
+            for e in ROBUSTNESS_EVENTS
+            for kind in EVENT_KINDS
+        ],
+    log:
+        f"{RUN}/logs/study_{{study}}/simulate-{{point}}.log",
+    wildcard_constraints:
+        study="|".join(STUDIES),
+        point="|".join(
+            re.escape(label)
+            for points in ROBUSTNESS_POINTS.values()
+            for label in points
+        ),
+    conda:
+        CONDA_ENV
+    params:
+        ids=ROBUSTNESS_EVENTS,
+        mu=lambda wildcards: _point_simulation(wildcards, "mu"),
+        noise=lambda wildcards: _point_simulation(wildcards, "noise_fraction"),
+        simulate=CFG.section("simulate"),
+        seed=CFG.seed,
+        output_dir=_point_events_dir,
+    shell:
+        "trackgnn simulate --config {CONFIG:q} --event-ids {params.ids} --mu {params.mu}"
+        " --noise-fraction {params.noise} --output {params.output_dir:q} 2> {log:q}"
+
+
+rule measure_study_point:
+    input:
+        models=expand(
+            f"{RUN}/models/{{model}}.ckpt", model=("embedding", "filter", "gnn")
+        ),
+        events=lambda wildcards: [
+            f"{prefix}-{kind}.csv"
+            for prefix in _point_prefixes(wildcards)
+            for kind in EVENT_KINDS
+        ],
+    output:
+        f"{ROBUSTNESS_DIR}/{{study}}/{{point}}.json",
+    log:
+        f"{RUN}/logs/study_{{study}}/measure-{{point}}.log",
+    wildcard_constraints:
+        study="|".join(STUDIES),
+    conda:
+        CONDA_ENV
+    # Seconds per event are a result: one measurement at a time, on the whole machine.
+    threads: local_cores()
+    resources:
+        gpu=gpus(),
+    params:
+        models_dir=f"{RUN}/models",
+        prefixes=_point_prefixes,
+        value=_point_value,
+        graph=CFG.section("graph"),
+        filter=CFG.section("filter"),
+        tracks=CFG.section("tracks"),
+        evaluation=CFG.section("evaluation"),
+        device=CFG.device,
+    shell:
+        "trackgnn study {wildcards.study} measure --config {CONFIG:q}"
+        " --models {params.models_dir:q} --events {params.prefixes:q} --value {params.value}"
+        " --output {output:q} 2> {log:q}"
+
+
+for _study in STUDIES:
+
+    rule:
+        name:
+            f"{_study}_study"
+        input:
+            [
+                f"{ROBUSTNESS_DIR}/{_study}/{point}.json"
+                for point in ROBUSTNESS_POINTS[_study]
+            ],
+        output:
+            [
+                f"{RUN}/report/{_study}/{_study}{suffix}"
+                for suffix in (".csv", "_events.csv", ".png")
+            ],
+        log:
+            f"{RUN}/logs/study_{_study}/report.log",
+        conda:
+            CONDA_ENV
+        params:
+            study=_study,
+            report_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        shell:
+            "trackgnn study {params.study} report --config {CONFIG:q} --inputs {input:q}"
+            " --output-dir {params.report_dir:q} > {log:q} 2>&1 && cat {log:q}"

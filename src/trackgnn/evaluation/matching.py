@@ -24,12 +24,16 @@ Definitions (Exa.TrkX, arXiv:2103.06995 section 4.1.1; thresholds in :class:`Eva
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from trackgnn.errors import TrackGNNError
 from trackgnn.evaluation.score import PairCounts, count_pairs, submission_tracks
+
+if TYPE_CHECKING:
+    from trackgnn.config import Config
 
 SHORT_TRACK = -1  # label given to hits of tracks below the minimum length (never a TrackML id)
 
@@ -51,6 +55,18 @@ class EvaluationCuts:
             raise TrackGNNError("evaluation: max_eta must be > 0")
         if self.min_hits < 1 or self.min_track_length < 1:
             raise TrackGNNError("evaluation: min_hits and min_track_length must be >= 1")
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> EvaluationCuts:
+        """The ``evaluation`` section's cuts, with the track builder's minimum length."""
+        ev = cfg.evaluation
+        return cls(
+            min_pt=ev.min_pt,
+            max_eta=ev.max_eta,
+            min_hits=ev.min_hits,
+            signal_pt=ev.signal_pt,
+            min_track_length=cfg.tracks.min_length,
+        )
 
     @property
     def signal_key(self) -> str:

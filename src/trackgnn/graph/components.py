@@ -269,10 +269,26 @@ def write_submission(
 ) -> pd.DataFrame:
     """Write the TrackML submission CSV ``hit_id,track_id`` atomically and return it.
 
+    Args: as :func:`submission_frame`, and ``path``, the CSV to write.
+    """
+    submission = submission_frame(hit_id, labels, path, all_hit_ids)
+    with atomic_path(path) as tmp:
+        submission.to_csv(tmp, index=False)
+    return submission
+
+
+def submission_frame(
+    hit_id: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    path: str | Path,
+    all_hit_ids: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The TrackML submission ``hit_id,track_id`` of an event's track labels, by hit id.
+
     Args:
         hit_id: TrackML hit id of each graph node [N].
         labels: output of :func:`build_tracks` [N] (``-1`` = no track).
-        path: the CSV to write.
+        path: what errors name (the submission's file or event).
         all_hit_ids: every hit id of the event, when the graph holds only some of them; hits
             missing from the graph get a track of their own.
     """
@@ -295,9 +311,4 @@ def write_submission(
         hit_id = np.concatenate([hit_id, missing])
         labels = np.concatenate([labels, np.full(missing.shape, NO_TRACK, dtype=np.int64)])
     order = np.argsort(hit_id, kind="stable")
-    submission = pd.DataFrame(
-        {"hit_id": hit_id[order], "track_id": submission_track_ids(labels[order])}
-    )
-    with atomic_path(path) as tmp:
-        submission.to_csv(tmp, index=False)
-    return submission
+    return pd.DataFrame({"hit_id": hit_id[order], "track_id": submission_track_ids(labels[order])})
