@@ -10,8 +10,13 @@ Runs on one core (BLAS/OpenMP threads pinned to 1) and prints one JSON line per 
 - ``{"kind": "fit", ...}``: the exponent b of time = a * hits^b (least squares in log-log over the
   per-mu medians), for wall and for CPU time.
 
+- with ``--fidelity``, instead: ``{"kind": "fidelity", ...}`` per event (hits per volume, pixel
+  cells per hit, overlap fractions, secondaries) and their mean over the events, the figures that
+  docs/generator-validation.md compares with real TrackML events.
+
 Usage: ``python bench/simulate.py [--quick] [--events N] [--mu 20 50 100 200] [--seed S]``.
 ``--quick`` (one event per mu) finishes in well under a minute.
+Fidelity: ``python bench/simulate.py --fidelity --mu 200 --events 6``.
 """
 
 from __future__ import annotations
@@ -29,15 +34,65 @@ import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from trackgnn.geometry import Detector  # noqa: E402
+from trackgnn.io import Event  # noqa: E402
 from trackgnn.simulation import simulate_event  # noqa: E402
+from trackgnn.simulation.weights import decode_particle_id  # noqa: E402
 
 BUDGET_S = 5.0
 
 
 def emit(record: dict) -> None:
     print(json.dumps(record, sort_keys=True), flush=True)
+
+
+def fidelity(event: Event) -> dict:
+    """The figures of one event that real TrackML events are compared on."""
+    df = event.hits.merge(event.truth, on="hit_id", validate="one_to_one")
+    df["ncells"] = df["hit_id"].map(event.cells.groupby("hit_id").size())
+    signal = df[df.particle_id != 0]
+    size = signal.groupby(["particle_id", "volume_id", "layer_id"]).hit_id.transform("size")
+    particles = event.particles
+    secondary = decode_particle_id(particles.particle_id.to_numpy())["generation"] > 0
+    radius = np.hypot(particles.vx, particles.vy)[secondary]
+    nhits = particles.nhits[particles.nhits > 0]
+    by_volume = df.groupby("volume_id")
+    return {
+        "n_hits": len(df),
+        "noise_fraction": float((df.particle_id == 0).mean()),
+        "n_particles": len(particles),
+        "secondary_fraction": float(secondary.mean()),
+        "secondary_median_radius_mm": float(np.median(radius)) if len(radius) else float("nan"),
+        "hits_per_particle_mean": float(nhits.mean()),
+        "overlap_fraction": float((size > 1).mean()),
+        "hits_by_volume": {int(k): int(v) for k, v in by_volume.size().items()},
+        "noise_fraction_by_volume": {
+            int(k): round(float(v), 4)
+            for k, v in (df.particle_id == 0).groupby(df.volume_id).mean().items()
+        },
+        "cells_per_hit_by_volume": {
+            int(k): round(float(v), 3) for k, v in by_volume.ncells.mean().items()
+        },
+        "overlap_by_volume": {
+            int(k): round(float(v), 4)
+            for k, v in (size > 1).groupby(signal.volume_id).mean().items()
+        },
+    }
+
+
+def run_fidelity(detector: Detector, args: argparse.Namespace, n_events: int) -> None:
+    for mu in args.mu:
+        records = []
+        for i in range(n_events):
+            event, _ = simulate_event(detector, 1000 + i, mu, args.seed, args.generator, args.field)
+            record = fidelity(event)
+            records.append(record)
+            emit({"kind": "fidelity", "mu": mu, "event_id": 1000 + i, **record})
+        flat = pd.json_normalize(records)
+        mean = {k: round(float(v), 4) for k, v in flat.mean(numeric_only=True).items()}
+        emit({"kind": "fidelity_mean", "mu": mu, "events": n_events, "seed": args.seed, **mean})
 
 
 def main() -> None:
@@ -48,10 +103,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--generator", default="parametric", choices=["parametric", "pythia8"])
     parser.add_argument("--field", default="solenoid", choices=["solenoid", "uniform"])
+    parser.add_argument(
+        "--fidelity", action="store_true", help="print fidelity figures instead of timings"
+    )
     args = parser.parse_args()
     n_events = 1 if args.quick else args.events
 
     detector = Detector.load()
+    if args.fidelity:
+        run_fidelity(detector, args, n_events)
+        return
     simulate_event(detector, 0, 5.0, args.seed, args.generator, args.field)  # warm caches
 
     medians = []

@@ -19,9 +19,9 @@ from trackgnn.errors import TrackGNNError
 from trackgnn.geometry import Detector
 from trackgnn.io import event_prefix, read_event
 from trackgnn.simulation import event_rng, simulate_event, simulate_events
-from trackgnn.simulation.digitisation import digitise
+from trackgnn.simulation.digitisation import PIXEL_THRESHOLD_MM, digitise
 from trackgnn.simulation.field import SolenoidField, UniformField, make_field
-from trackgnn.simulation.generator import PROCESS_HADRONIC, SIM_MIN_PT
+from trackgnn.simulation.generator import PROCESS_HADRONIC, SIM_MAX_ABS_ETA, SIM_MIN_PT
 from trackgnn.simulation.particles import parametric_minbias, sample_tsallis_pt
 from trackgnn.simulation.propagation import C_LIGHT, Material, Propagator, _Helix
 from trackgnn.simulation.weights import (
@@ -115,9 +115,10 @@ def test_primaries_in_acceptance_leave_hits(event200) -> None:
     eta = np.arcsinh(particles.pz / pt)
     primary = decode_particle_id(particles.particle_id.to_numpy())["generation"] == 0
     seen = particles.nhits > 0
-    central = primary & (pt > SIM_MIN_PT + 0.05) & (np.abs(eta) < 3.8)
+    central = primary & (pt > SIM_MIN_PT + 0.05) & (np.abs(eta) < SIM_MAX_ABS_ETA - 0.2)
     assert seen[central].mean() > 0.99
     assert not seen[primary & (pt < SIM_MIN_PT)].any()
+    assert not seen[primary & (np.abs(eta) > SIM_MAX_ABS_ETA)].any()
 
 
 @pytest.mark.parametrize(
@@ -147,8 +148,8 @@ def test_overlap_fraction(hits200, volumes, target, tolerance) -> None:
     [
         (PIXEL_ENDCAPS, 1.5, 1.9),  # real 1.7
         # Real 7.0: long clusters at high |eta| in the first layer (length ~ sinh(eta)) make this
-        # mean sensitive to the eta spectrum at the acceptance edge.
-        (PIXEL_BARREL, 6.0, 9.5),
+        # mean sensitive to the eta spectrum; without the pixel threshold it is above 8.
+        (PIXEL_BARREL, 6.5, 7.8),
         (SHORT_BARREL, 2.2, 2.9),  # real 2.6
         (SHORT_ENDCAPS, 1.4, 2.0),  # real 1.7
         (LONG_BARREL, 2.7, 3.6),  # real 2.7-3.0
@@ -171,10 +172,14 @@ def test_pixel_cluster_size_follows_incidence(event200, hits200, detector) -> No
     by_hit = event200[0].cells.groupby("hit_id").ch1
     extent_v = (by_hit.max() - by_hit.min() + 1)[signal.hit_id].to_numpy()
     # A segment of projected length L crosses on average L / pitch cell boundaries, so it covers
-    # 1 + L / pitch cells (clusters cut at a module end make it a little smaller).
-    assert extent_v.mean() == pytest.approx(1.0 + expected_v.mean(), rel=0.05)
+    # 1 + L / pitch cells (clusters cut at a module end make it a little smaller). The threshold
+    # drops an end cell when the track clips less than threshold / pitch of it: on steep clusters
+    # (about one pitch of path per cell) that removes 2 * threshold / pitch cells on average.
+    end_loss = 2 * PIXEL_THRESHOLD_MM / 0.05625
+    assert 1.0 + expected_v.mean() - end_loss < extent_v.mean() < 1.0 + expected_v.mean()
     steep = expected_v > 5
-    assert extent_v[steep].mean() == pytest.approx(1.0 + expected_v[steep].mean(), rel=0.1)
+    expected_steep = 1.0 + expected_v[steep].mean() - end_loss
+    assert extent_v[steep].mean() == pytest.approx(expected_steep, rel=0.05)
 
 
 def _core_rms(values: np.ndarray) -> float:
@@ -242,7 +247,9 @@ def test_particles(event200) -> None:
     assert vertices.vx.std() == pytest.approx(0.017, rel=0.2)
     # Secondaries start where a parent interacted: inside the tracker.
     r = np.hypot(particles.vx[~primary], particles.vy[~primary])
-    assert (r > 25).all() and 40 < np.median(r) < 300  # real median 175 mm
+    # Real median 175 mm; interactions as frequent in the thin pixel layers as in the strips
+    # would put it near 70 mm.
+    assert (r > 25).all() and 95 < np.median(r) < 300
     # pT quantiles of all particles. Real: 0.12 / 0.22 / 0.35 / 0.63 / 1.46 GeV.
     pt = np.hypot(particles.px, particles.py)
     quantiles = np.quantile(pt, [0.05, 0.25, 0.5, 0.75, 0.95])
@@ -511,7 +518,9 @@ def test_digitisation_geometry(detector) -> None:
     digits = digitise(detector, module, local, directions, np.random.default_rng(0))
     cells_per_hit = np.bincount(digits.cell_hit, minlength=3)
     assert cells_per_hit[0] == 1 and cells_per_hit[2] == 1
-    assert cells_per_hit[1] in (6, 7)  # 1 + 0.15 * 2 / 0.05 = 7 boundaries crossed: 6-7 cells
+    # 1 + 0.15 * 2 / 0.05 = 7 boundaries crossed: 6-7 cells, less an end cell the track only
+    # clips (below the pixel threshold).
+    assert cells_per_hit[1] in (5, 6, 7)
     ch0 = digits.ch0[digits.cell_hit == 0][0]
     assert ch0 == int((0.012 + detector.max_hu[pixel]) // 0.05)
     # Strips are binary; pixels carry ~ the path length (Gamma fluctuation of mean 1).

@@ -29,6 +29,8 @@ from trackgnn.geometry import Detector
 ENDCAP_DEPTH_FACTOR = 2.0
 # Relative spread of a pixel cell's value around its path length (charge deposit fluctuations).
 PIXEL_VALUE_SPREAD = 0.3
+# Pixel cells whose value (path-length equivalent, mm) is below this fire no readout.
+PIXEL_THRESHOLD_MM = 0.025
 # Grazing tracks: cap the projected length of a segment at this many thicknesses.
 _MAX_TAN_INCIDENCE = 20.0
 # Pieces of the segment shorter than this fraction of it (corner clips) fire no cell.
@@ -130,6 +132,14 @@ def digitise(
     value = np.where(
         d.is_pixel[module[piece_owner]], fraction * path[piece_owner] * fluctuation, 1.0
     )
+
+    # Pixel readout threshold: cells the track only clips, or crosses at a steep angle with a low
+    # deposit, stay below it. A hit keeps at least its largest cell.
+    pixel = d.is_pixel[module[piece_owner]]
+    largest = np.zeros(n)
+    np.maximum.at(largest, piece_owner, value)
+    keep = ~pixel | (value >= PIXEL_THRESHOLD_MM) | (value >= largest[piece_owner])
+    piece_owner, ch0, ch1, value = piece_owner[keep], ch0[keep], ch1[keep], value[keep]
 
     weight_sum = np.bincount(piece_owner, weights=value, minlength=n)
     cu = (ch0 + 0.5) * pitch_u[piece_owner] - max_hu[piece_owner]

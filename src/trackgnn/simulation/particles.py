@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +138,14 @@ def _import_pythia():
             "(pip install 'trackgnn[pythia8]', i.e. pythia8mc==8.317.2)"
         ) from None
     if "PYTHIA8DATA" not in os.environ:
-        xmldoc = Path(pythia8mc.__file__).parent / "share" / "Pythia8" / "xmldoc"
-        os.environ["PYTHIA8DATA"] = str(xmldoc)
+        # The wheel installs a single extension module and puts the settings under the
+        # environment's data prefix (<prefix>/share/Pythia8/xmldoc), not beside the module.
+        candidates = [
+            Path(sysconfig.get_path("data")) / "share" / "Pythia8" / "xmldoc",
+            Path(pythia8mc.__file__).parent / "share" / "Pythia8" / "xmldoc",
+        ]
+        found = next((c for c in candidates if (c / "Index.xml").is_file()), candidates[0])
+        os.environ["PYTHIA8DATA"] = str(found)
     return pythia8mc
 
 

@@ -50,10 +50,16 @@ class Material:
     beam_pipe_x0: float = 0.0025
 
     @classmethod
-    def for_detector(cls, detector: Detector, interaction_probability: float = 0.005) -> Material:
-        """Material of ``detector`` from its sensor thicknesses (measured TrackML kinks)."""
+    def for_detector(cls, detector: Detector, interaction_probability: float = 0.0065) -> Material:
+        """Material of ``detector`` from its sensor thicknesses (measured TrackML kinks).
+
+        ``interaction_probability`` is that of a layer of the middle (short-strip) material; the
+        others scale with their radiation length, since the same mix of silicon, carbon and
+        services makes up every layer. Thin inner layers interacting as often as the heavy outer
+        ones would put most secondaries at the smallest radii.
+        """
         layer_x0 = np.interp(detector.layer_thickness, _THICKNESS_MM, _LAYER_X0)
-        prob = np.full(detector.n_layers, interaction_probability)
+        prob = interaction_probability * layer_x0 / _LAYER_X0[1]
         return cls(layer_x0=layer_x0, interaction_probability=prob)
 
 
