@@ -33,10 +33,6 @@ from trackgnn.simulation.weights import encode_particle_id, phase2_weights
 # Particles below this pT are not propagated: in the TrackML files particles below 150 MeV
 # mostly leave no hit (they are in the particles file with nhits = 0).
 SIM_MIN_PT = 0.15
-# Nor are particles beyond this |eta|: flat-eta particles out to |eta| = 4 would leave far more
-# pixel-endcap hits than the TrackML files hold (inferred from their noise fraction). An empirical
-# acceptance edge, not a derived cause; closer cuts lose the inner-disk overlaps the files show.
-SIM_MAX_ABS_ETA = 3.7
 # Fraction of sensor crossings that leave no hit (measured 2-3 %).
 INEFFICIENCY = 0.025
 # Secondaries of secondaries are followed up to this generation.
@@ -207,8 +203,7 @@ def simulate_event(
     for generation in range(MAX_GENERATION + 1):
         with stages("propagation"):
             pt = np.hypot(momentum[:, 0], momentum[:, 1])
-            abs_eta = np.abs(np.arcsinh(momentum[:, 2] / np.maximum(pt, 1e-12)))
-            go = np.flatnonzero((pt >= SIM_MIN_PT) & (abs_eta < SIM_MAX_ABS_ETA))
+            go = np.flatnonzero(pt >= SIM_MIN_PT)
             p = np.linalg.norm(momentum[go], axis=1)
             result = propagator.propagate(
                 vertex[go], momentum[go] / p[:, None], p, charge[go], mass[go], rng
