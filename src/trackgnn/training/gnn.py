@@ -461,7 +461,7 @@ def train_gnn(
     Writes the final checkpoint atomically (rank 0) and logs per-epoch loss, validation
     precision/recall/AUC, epoch/sampling/step/all-reduce time, samples/s and memory to MLflow.
     """
-    from trackgnn import runlog
+    from trackgnn import tracking
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Per-rank epoch figures are logged by rank 0 on purpose (no cross-rank reduction wanted);
@@ -540,13 +540,8 @@ def train_gnn(
     # CPUs without native bf16 run it several times slower than fp32.
     precision = "bf16-mixed" if g.amp else "32-true"
 
-    with runlog.stage_run(
-        "train_gnn",
-        cfg.section("gnn"),
-        marker_path=cfg.run_dir / "pipeline_run.json",
-        tracking_uri=runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
-        experiment=cfg.mlflow.experiment,
-        system_metrics=True,
+    with tracking.stage_run(
+        tracking.Target.from_config(cfg), "train_gnn", cfg.section("gnn"), system_metrics=True
     ) as run:
         trainer = make_trainer(
             device.type,
