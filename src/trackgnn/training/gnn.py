@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from trackgnn.config import Config
+from trackgnn.config import Config, training_settings
 from trackgnn.errors import TrackGNNError
 from trackgnn.io import load_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN
@@ -515,12 +515,8 @@ def train_gnn(
         "skip": g.skip,
         "checkpointing": g.checkpointing,
     }
-    key = resume_key(
-        # every setting but the rank time-out, epochs included (they set the LR schedule)
-        {k: v for k, v in cfg.section("gnn").items() if k != "dist_timeout_s"},
-        cfg.seed,
-        input_fingerprint(train_files),
-    )
+    # the declared settings, epochs among them (they set the LR schedule), and the events
+    key = resume_key(training_settings(cfg, "gnn"), input_fingerprint(train_files))
     module = GNNModule(
         model=model_args,
         lr=g.lr,
