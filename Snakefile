@@ -15,7 +15,7 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-from trackgnn.config import config_from_dict
+from trackgnn.config import config_from_dict, training_settings
 from trackgnn.errors import ConfigError
 from trackgnn.workflow import WorkflowContext
 

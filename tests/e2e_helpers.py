@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -19,7 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from trackgnn import runlog
+from trackgnn import tracking
+from trackgnn.tracking.ui import stop_process_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = (
@@ -41,20 +40,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (uvicorn runs as a child), SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, startup_timeout_s: float = 120.0) -> Iterator[str]:
     """Run ``trackgnn``'s MLflow UI server (SQLite store and artifacts in ``workdir``).
@@ -64,12 +49,12 @@ def mlflow_server(workdir: Path, startup_timeout_s: float = 120.0) -> Iterator[s
     """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = runlog.ui_command(host="127.0.0.1", port=port, uri=f"sqlite:///{workdir}/mlflow.db")
+    command = tracking.ui_command(f"sqlite:///{workdir}/mlflow.db", "127.0.0.1", port)
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command,
-            env=runlog.mlflow_env(),
+            env=tracking.mlflow_env(),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: killpg reaches uvicorn's children
@@ -96,7 +81,8 @@ def mlflow_server(workdir: Path, startup_timeout_s: float = 120.0) -> Iterator[s
             time.sleep(0.25)
         yield base
     finally:
-        _stop_process_group(process)
+        # uvicorn runs as a child: the whole group goes
+        stop_process_group(process, grace_s=15)
 
 
 def rest(base: str, endpoint: str, payload: dict[str, Any] | None = None, **query: str) -> Any:

@@ -152,7 +152,12 @@ DOWNSTREAM_OF_GNN = {"score_edges": 1, "build_tracks": 1, "evaluate": 1, "all": 
     [
         # track building only: the one test event, then the report
         ({"tracks": {"score_cut": 0.3}}, {"build_tracks": 1, "evaluate": 1, "all": 1}),
-        ({"evaluation": {"min_hits": 4}}, {"evaluate": 1, "all": 1}),
+        # min_hits also weights the embedding's training: it and all that follows from it
+        (
+            {"evaluation": {"min_hits": 4}},
+            {"train_embedding": 1, "build_graph": 4, "train_filter": 1, "filter_graph": 4}
+            | {"train_gnn": 1, **DOWNSTREAM_OF_GNN},
+        ),
         # GNN training and its per-event consumers, nothing upstream
         ({"gnn": {"hidden": 24}}, {"train_gnn": 1, **DOWNSTREAM_OF_GNN}),
         # the filter's inference cut: every event's filtering, then all that reads it

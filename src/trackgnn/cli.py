@@ -72,16 +72,10 @@ def _load_config(args: argparse.Namespace) -> Any:
 @contextlib.contextmanager
 def _stage_run(cfg: Any, stage: str, section: str | None) -> Iterator[Any]:
     """An MLflow stage run for this command (a no-op logger when MLflow is unreachable)."""
-    from trackgnn import runlog
+    from trackgnn import tracking
 
     params = cfg.to_dict() if section is None else cfg.section(section)
-    with runlog.stage_run(
-        stage,
-        params,
-        marker_path=cfg.run_dir / "pipeline_run.json",
-        tracking_uri=runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
-        experiment=cfg.mlflow.experiment,
-    ) as run:
+    with tracking.stage_run(tracking.Target.from_config(cfg), stage, params) as run:
         yield run
 
 
@@ -291,22 +285,19 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_runlog(args: argparse.Namespace) -> None:
-    from trackgnn import runlog
+    from trackgnn import tracking
     from trackgnn.config import section_hash
 
     cfg = _load_config(args)
-    uri = runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir)
-    marker = cfg.run_dir / "pipeline_run.json"
+    target = tracking.Target.from_config(cfg)
     if args.action == "init":
-        runlog.init_store(uri, cfg.mlflow.experiment)
+        tracking.init_store(target.tracking_uri, target.experiment)
     elif args.action == "start":
-        runlog.start_pipeline_run(
+        tracking.start_pipeline_run(
+            target,
             cfg.to_dict(),
             # run name and config hash: two configurations of one run stay apart in the UI
             f"{cfg.run}-{section_hash(cfg.to_dict())[:6]}",
-            marker,
-            tracking_uri=uri,
-            experiment=cfg.mlflow.experiment,
         )
     else:
         import json
@@ -316,11 +307,11 @@ def cmd_runlog(args: argparse.Namespace) -> None:
         # a report written during this execution is this execution's: an older one is not.
         current = summary_path.exists()
         if current and args.status == "FAILED":
-            started = (runlog.read_marker(marker) or {}).get("started_at")
+            started = (tracking.read_marker(target.marker) or {}).get("started_at")
             current = isinstance(started, int | float) and (summary_path.stat().st_mtime >= started)
         summary = json.loads(summary_path.read_text()) if current else {}
         artifacts = sorted((cfg.run_dir / "report").glob("*")) if summary else []
-        runlog.finish_pipeline_run(marker, summary, artifacts, status=args.status)
+        tracking.finish_pipeline_run(target, summary, artifacts, status=args.status)
         if summary:
             from trackgnn.evaluation.report import format_table
 
@@ -328,14 +319,10 @@ def cmd_runlog(args: argparse.Namespace) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from trackgnn import runlog
+    from trackgnn import tracking
 
-    cfg = _load_config(args)
-    runlog.ui(
-        host=args.host,
-        port=args.port,
-        uri=runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
-    )
+    target = tracking.Target.from_config(_load_config(args))
+    tracking.ui(target.tracking_uri, args.host, args.port, target.experiment)
 
 
 def cmd_check_config(args: argparse.Namespace) -> None:

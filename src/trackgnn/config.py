@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -22,6 +23,22 @@ import jsonschema
 import yaml
 
 from trackgnn.errors import ConfigError
+
+#: The trainings of the pipeline; each is also the name of its own config section.
+TRAININGS = ("embedding", "filter", "gnn")
+#: Field metadata key: the trainings whose trained weights a setting shapes. Unmarked, a field of
+#: a training's own section shapes that training and nothing else's; other fields shape none.
+TRAINS = "trains"
+
+
+def _trains(*trainings: str) -> Any:
+    """A config field whose value shapes the weights of ``trainings`` (none: of no training).
+
+    Read by :func:`training_settings`, which the training rules' params and the checkpoints'
+    resume keys both use: a setting that shapes a training reruns it when changed, and a killed
+    training resumes only under the settings it was started with.
+    """
+    return dataclasses.field(metadata={TRAINS: trainings})
 
 
 @dataclass(frozen=True)
@@ -76,8 +93,9 @@ class FilterConfig:
     layer_norm: bool
     lr: float
     epochs: int
-    cut: float
-    chunk_edges: int
+    # inference: the score cut and how many edges are scored at once (memory only)
+    cut: float = _trains()
+    chunk_edges: int = _trains()
     negative_ratio: float
     batch_edges: int
     same_particle_negatives: bool
@@ -110,7 +128,8 @@ class GNNConfig:
     epochs: int
     world_size: int
     pos_weight: float
-    dist_timeout_s: float
+    # how long ranks wait for each other: when a failure is reported, not what is learnt
+    dist_timeout_s: float = _trains()
     shadow: ShadowConfig
 
 
@@ -125,7 +144,8 @@ class TracksConfig:
 class EvaluationConfig:
     min_pt: float
     max_eta: float
-    min_hits: int
+    # the embedding's training weights signal hits of particles with this many hits
+    min_hits: int = _trains("embedding")
     signal_pt: float
 
 
@@ -157,7 +177,7 @@ class MlflowConfig:
 class Config:
     run: str
     results_dir: str
-    seed: int
+    seed: int = _trains(*TRAININGS)
     device: Literal["cpu", "cuda", "auto"]
     threads: int
     data: DataConfig
@@ -314,6 +334,42 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     return config_from_dict(raw, str(path))
+
+
+def _shaping_leaves(node: Any, path: str, own: str | None, training: str) -> Iterator[str]:
+    """Dotted paths of the leaf fields below ``node`` (a config dataclass) that shape ``training``;
+    ``own`` is the training whose section ``node`` lies in, if any."""
+    for field in dataclasses.fields(node):
+        name = f"{path}.{field.name}" if path else field.name
+        value = getattr(node, field.name)
+        if dataclasses.is_dataclass(value):
+            yield from _shaping_leaves(value, name, own or _own_training(name), training)
+        elif training in field.metadata.get(TRAINS, (own,) if own else ()):
+            yield name
+
+
+def _own_training(section: str) -> str | None:
+    return section if section in TRAININGS else None
+
+
+def training_settings(cfg: Config, training: str) -> dict[str, Any]:
+    """Every setting that shapes the weights ``training`` learns: ``{"embedding.lr": ...}``.
+
+    The one declaration of what a training depends on in the config (see ``_trains``): the
+    training rule's params (a change reruns it) and the resume key of its checkpoints (a killed
+    training continues only under the same settings) are both made from it. Ordered by key.
+    """
+    if training not in TRAININGS:
+        raise ValueError(f"no training {training!r}; one of {', '.join(TRAININGS)}")
+    paths = sorted(_shaping_leaves(cfg, "", None, training))
+    return {path: _lookup(cfg, path) for path in paths}
+
+
+def _lookup(cfg: Config, path: str) -> Any:
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def section_hash(section: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ workload, so no epoch boundary (reshuffle, short last bulk draw) falls inside th
 
 ``report_scaling`` turns the measurements into speedup and parallel efficiency against P = 1,
 writes ``scaling.csv`` / ``scaling.json`` and one plot per study, and logs one MLflow run per
-configuration, nested under one run of the study (through :mod:`trackgnn.runlog` only).
+configuration, nested under one run of the study (through :mod:`trackgnn.tracking` only).
 """
 
 from __future__ import annotations
@@ -469,7 +469,7 @@ def report_scaling(
     in ``output_dir``; then one MLflow run per configuration (tag ``trackgnn.kind=study``)
     nested under one ``scaling_study`` run that holds the files as artifacts.
     """
-    from trackgnn import runlog
+    from trackgnn import tracking
 
     measurements = [_load_measurement(Path(p)) for p in inputs]
     rows = scaling_rows(measurements)
@@ -488,33 +488,29 @@ def report_scaling(
             plots.append(out / f"scaling_{study}.png")
             _plot_study(study_rows, study, plots[-1])
 
-    store = {
-        "marker_path": cfg.run_dir / "pipeline_run.json",
-        "tracking_uri": runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
-        "experiment": cfg.mlflow.experiment,
-    }
+    target = tracking.Target.from_config(cfg)
     study_params = {
         "samplers": sorted({r["sampler"] for r in rows}),
         "world_sizes": sorted({r["world_size"] for r in rows}),
         "device": cfg.device,
         "gnn": cfg.section("gnn"),
     }
-    with runlog.stage_run(
-        "scaling_study", study_params, tags={runlog.KIND_TAG: "study"}, **store
+    with tracking.stage_run(
+        target, "scaling_study", study_params, tags={tracking.KIND_TAG: "study"}
     ) as parent:
         for row in rows:
             tags = {
-                runlog.KIND_TAG: "study",
+                tracking.KIND_TAG: "study",
                 "trackgnn.study": row["scaling"],
                 "trackgnn.sampler": row["sampler"],
             }
             if parent.run_id:
-                tags[runlog.PARENT_RUN_TAG] = parent.run_id
+                tags[tracking.PARENT_RUN_TAG] = parent.run_id
             params = {
                 k: row[k] for k in ("scaling", "sampler", "world_size", "steps", "global_batch")
             }
             name = f"{row['scaling']}-{row['sampler']}-P{row['world_size']}"
-            with runlog.stage_run("scaling", params, run_name=name, tags=tags, **store) as run:
+            with tracking.stage_run(target, "scaling", params, run_name=name, tags=tags) as run:
                 run.log_metrics(
                     {k: row[k] for k in _METRICS if isinstance(row.get(k), int | float)}
                 )

@@ -17,7 +17,7 @@ rule train_gnn:
         tasks=CFG.gnn.world_size,
         gpu=gpus(CFG.gnn.world_size),
     params:
-        gnn=_training_params("gnn"),
+        training=training_settings(CFG, "gnn"),
         device=CFG.device,
         # torchrun locally; `{resources.mpi} -n {resources.tasks} trackgnn` (srun, one rank per
         # GPU) where the profile gives the rule an mpi resource. See rank_launcher().

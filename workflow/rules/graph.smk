@@ -1,12 +1,6 @@
 # Graph construction: metric-learning embedding, radius graph, filter MLP.
-
-
-def _training_params(section, inference_only=()):
-    """A training rule's params: its section without inference-only keys, plus the seed."""
-    return {
-        **{k: v for k, v in CFG.section(section).items() if k not in inference_only},
-        "seed": CFG.seed,
-    }
+# A training rule's params hold training_settings(CFG, <training>) (trackgnn.config): every
+# setting that shapes its weights, as its checkpoints' resume key does.
 
 
 rule train_embedding:
@@ -23,7 +17,7 @@ rule train_embedding:
     resources:
         gpu=gpus(),
     params:
-        embedding=_training_params("embedding"),
+        training=training_settings(CFG, "embedding"),
         device=CFG.device,
     shell:
         "trackgnn train embedding --config {CONFIG:q} --train {input.train:q} --val {input.val:q}"
@@ -70,7 +64,7 @@ rule train_filter:
     resources:
         gpu=gpus(),
     params:
-        filter=_training_params("filter", inference_only=("cut", "chunk_edges")),
+        training=training_settings(CFG, "filter"),
         device=CFG.device,
     shell:
         "trackgnn train filter --config {CONFIG:q} --train {input.train:q} --val {input.val:q}"

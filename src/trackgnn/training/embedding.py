@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from trackgnn.config import Config
+from trackgnn.config import Config, training_settings
 from trackgnn.errors import TrackGNNError
 from trackgnn.evaluation.matching import EvaluationCuts
 from trackgnn.graph.construction import (
@@ -274,13 +274,12 @@ def train_embedding(
         "chunk_size": cfg.graph.chunk_size,
         "backend": cfg.graph.backend,
     }
-    # Everything that shapes the trained weights, the epoch count included (through
-    # total_steps: it sets the one-cycle schedule), validation-only graph settings excluded:
-    # a rerun with the same key continues the interrupted training.
-    validation_only = ("radius", "k_max", "chunk_size", "eval_signal_pt")
-    shaping = {k: v for k, v in train.items() if k not in validation_only}
+    # A rerun with the same key continues the interrupted training: the declared settings
+    # (the epoch count among them: it sets the one-cycle schedule), the model's input columns
+    # and the caller's same-particle choice, and the training events.
+    settings = training_settings(cfg, "embedding")
     files = input_fingerprint(train_set.files)
-    key = resume_key("embedding", model, shaping, cfg.seed, files)
+    key = resume_key("embedding", model, settings, same_particle, files)
     module = EmbeddingModule(model, train, key)
     trainer = fit_resumable(
         module,

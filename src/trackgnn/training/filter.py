@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trackgnn.config import Config
+from trackgnn.config import Config, training_settings
 from trackgnn.evaluation.matching import EvaluationCuts
 from trackgnn.evaluation.metrics import roc_auc
 from trackgnn.graph.construction import pooled_edge_metrics, stage_edge_metrics
@@ -199,17 +199,11 @@ def train_filter(
         "signal_pt": cfg.evaluation.signal_pt,
         "min_hits": cfg.evaluation.min_hits,
     }
-    # The epoch count is part of it: it sets the one-cycle schedule's length, so a 40-epoch
-    # training must not continue a 2-epoch one.
-    shaping = {
-        "epochs": flt.epochs,
-        "lr": flt.lr,
-        "negative_ratio": flt.negative_ratio,
-        "batch_edges": flt.batch_edges,
-        "same_particle_negatives": flt.same_particle_negatives,
-    }
+    # The declared settings key a resume: the epoch count among them sets the one-cycle
+    # schedule's length, so a 40-epoch training must not continue a 2-epoch one.
+    settings = training_settings(cfg, "filter")
     files = input_fingerprint(train_set.files)
-    module = FilterModule(model, train, resume_key("filter", model, shaping, cfg.seed, files))
+    module = FilterModule(model, train, resume_key("filter", model, settings, files))
     trainer = fit_resumable(
         module,
         "filter",

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from trackgnn.config import Config
+from trackgnn.config import Config, training_settings
 from trackgnn.errors import TrackGNNError
 from trackgnn.io import load_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN
@@ -461,7 +461,7 @@ def train_gnn(
     Writes the final checkpoint atomically (rank 0) and logs per-epoch loss, validation
     precision/recall/AUC, epoch/sampling/step/all-reduce time, samples/s and memory to MLflow.
     """
-    from trackgnn import runlog
+    from trackgnn import tracking
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Per-rank epoch figures are logged by rank 0 on purpose (no cross-rank reduction wanted);
@@ -515,12 +515,8 @@ def train_gnn(
         "skip": g.skip,
         "checkpointing": g.checkpointing,
     }
-    key = resume_key(
-        # every setting but the rank time-out, epochs included (they set the LR schedule)
-        {k: v for k, v in cfg.section("gnn").items() if k != "dist_timeout_s"},
-        cfg.seed,
-        input_fingerprint(train_files),
-    )
+    # the declared settings, epochs among them (they set the LR schedule), and the events
+    key = resume_key(training_settings(cfg, "gnn"), input_fingerprint(train_files))
     module = GNNModule(
         model=model_args,
         lr=g.lr,
@@ -540,13 +536,8 @@ def train_gnn(
     # CPUs without native bf16 run it several times slower than fp32.
     precision = "bf16-mixed" if g.amp else "32-true"
 
-    with runlog.stage_run(
-        "train_gnn",
-        cfg.section("gnn"),
-        marker_path=cfg.run_dir / "pipeline_run.json",
-        tracking_uri=runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
-        experiment=cfg.mlflow.experiment,
-        system_metrics=True,
+    with tracking.stage_run(
+        tracking.Target.from_config(cfg), "train_gnn", cfg.section("gnn"), system_metrics=True
     ) as run:
         trainer = make_trainer(
             device.type,
