@@ -564,6 +564,14 @@ def test_evaluate_events_writes_the_full_report(tmp_path):
     assert eta_table["n_selected"].sum() == 8  # selected signal particles 1, 3, 8, 10 twice
     assert len(pd.read_csv(out / "per_event.csv")) == 2
     assert len(pd.read_csv(out / "edge_metrics.csv")) == 6
+    # A rerun replaces the evaluation's files and leaves the studies' reports beside them.
+    (out / "pileup").mkdir()
+    (out / "pileup" / "pileup.csv").write_text("mu\n200\n")
+    (out / "summary.json").write_text("{}")
+    evaluate_events(events, out, score_cuts={"filter": 0.5, "gnn": 0.5}, timing_files=timing)
+    assert (out / "pileup" / "pileup.csv").read_text() == "mu\n200\n"
+    assert json.loads((out / "summary.json").read_text()) == on_disk
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
     table = format_table(summary)
     assert "over 2 event(s)" in table

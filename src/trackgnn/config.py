@@ -153,6 +153,7 @@ class EvaluationConfig:
 class StudiesConfig:
     pileup_mu: list[float]
     noise_fractions: list[float]
+    events: int | None
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def report_study(
     cfg: Any, study: str, inputs: Sequence[str | Path], output_dir: str | Path
 ) -> list[dict[str, Any]]:
     """Write the study's tables and plot, log its runs to MLflow; return the point rows."""
-    from trackgnn import runlog
+    from trackgnn import tracking
 
     points = [_load_point(Path(p), study) for p in inputs]
     rows = point_rows(points)
@@ -196,21 +196,17 @@ def report_study(
             frame.to_csv(tmp, index=False)
     _plot(study, points, rows, files[2])
 
-    store = {
-        "marker_path": cfg.run_dir / "pipeline_run.json",
-        "tracking_uri": runlog.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.results_dir),
-        "experiment": cfg.mlflow.experiment,
-    }
+    target = tracking.Target.from_config(cfg)
     params = {"variable": variable, "values": [r["value"] for r in rows]}
-    tags = {runlog.KIND_TAG: "study", "trackgnn.study": study}
-    with runlog.stage_run(f"{study}_study", params, tags=tags, **store) as parent:
+    tags = {tracking.KIND_TAG: "study", "trackgnn.study": study}
+    with tracking.stage_run(target, f"{study}_study", params, tags=tags) as parent:
         for row in rows:
             point_tags = dict(tags)
             if parent.run_id:
-                point_tags[runlog.PARENT_RUN_TAG] = parent.run_id
+                point_tags[tracking.PARENT_RUN_TAG] = parent.run_id
             name = f"{study}-{_PREFIX[study]}{row['value']:g}"
-            with runlog.stage_run(
-                study, {variable: row["value"]}, run_name=name, tags=point_tags, **store
+            with tracking.stage_run(
+                target, study, {variable: row["value"]}, run_name=name, tags=point_tags
             ) as run:
                 run.log_metrics(
                     {

@@ -89,7 +89,7 @@ from trackgnn.robustness import STUDIES, point_simulation, study_points
 
 ROBUSTNESS_DIR = f"{RUN}/study"
 ROBUSTNESS_POINTS = {study: study_points(CFG, study) for study in STUDIES}
-ROBUSTNESS_EVENTS = CTX.event_ids("test")
+ROBUSTNESS_EVENTS = CTX.event_ids("test")[: CFG.studies.events]
 EVENT_KINDS = ("hits", "cells", "particles", "truth")
 
 

@@ -1,9 +1,9 @@
 """The evaluation report: ``summary.json``, per-event tables, efficiency tables and plots.
 
-:func:`evaluate_events` is what ``trackgnn evaluate`` calls. It writes the whole report directory
-at once: everything goes to a temporary directory beside ``out_dir`` that replaces ``out_dir`` only
-when complete, so a killed job never leaves a report that looks whole. The report directory belongs
-to the evaluation alone (it is replaced as a whole).
+:func:`evaluate_events` is what ``trackgnn evaluate`` calls. Everything is written to a temporary
+directory beside ``out_dir`` first; only when it is complete are its files renamed into ``out_dir``,
+``summary.json`` last, so a killed job never leaves a report that looks whole. The studies' report
+subdirectories (``scaling/``, ``pileup/``, ``noise/``) in ``out_dir`` are left alone.
 
 Report directory contents:
 
@@ -250,23 +250,23 @@ def format_table(summary: Mapping[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``final`` that replaces ``final`` on success."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+def _staged_files(final: Path, last: str) -> Iterator[Path]:
+    """Yield a temporary directory beside ``final`` whose files then replace their namesakes.
+
+    Each file is renamed into ``final`` (atomic per file) with ``last`` renamed last: the
+    workflow keys on it, so a killed job never leaves a new ``last`` beside older files. Other
+    entries of ``final`` (the studies' report subdirectories) are left alone.
+    """
+    final.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         yield tmp
-        # The previous report stays intact until the new one is complete.
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-            os.replace(final, old / final.name)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        names = sorted(p.name for p in tmp.iterdir())
+        names.sort(key=lambda name: name == last)
+        for name in names:
+            os.replace(tmp / name, final / name)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _evaluate_one(
@@ -306,7 +306,7 @@ def evaluate_events(
 
     Args:
         events: the files of each event (see :class:`EventInputs`).
-        out_dir: the report directory, replaced as a whole.
+        out_dir: the report directory; its files are replaced, summary.json last.
         cuts: evaluation thresholds (``min_track_length`` should be the track builder's
             ``min_length``).
         score_cuts: stage -> edge score cut for the edge metrics (edges with ``score > cut``
@@ -361,7 +361,7 @@ def evaluate_events(
         particles[particles["selected"] & particles["signal"]], "eta", ETA_BIN_EDGES
     )
     out_dir = Path(out_dir)
-    with _atomic_directory(out_dir) as tmp:
+    with _staged_files(out_dir, last="summary.json") as tmp:
         pd.DataFrame(per_event).to_csv(tmp / "per_event.csv", index=False)
         edge_table.to_csv(tmp / "edge_metrics.csv", index=False)
         pt_table.to_csv(tmp / "efficiency_vs_pt.csv", index=False)
