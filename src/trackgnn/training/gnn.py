@@ -249,10 +249,12 @@ class ShadowStream(IterableDataset):
 
     def epoch_roots(self) -> Tensor:
         """This epoch's roots in training order (the same on every rank): a seeded uniform draw
-        of ``roots_per_epoch`` vertices without replacement, fresh each epoch."""
+        of ``roots_per_epoch`` vertices without replacement, fresh each epoch
+        (:func:`trackgnn.graph.shadow.draw_roots`)."""
+        from trackgnn.graph.shadow import draw_roots
+
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(len(self.roots), generator=gen)
-        return self.roots[perm[: self.roots_per_epoch]]
+        return draw_roots(self.roots, self.roots_per_epoch, gen)
 
     def _rank_roots(self, order: Tensor, step: int) -> Tensor:
         batch = order[step * self.batch_size : (step + 1) * self.batch_size]

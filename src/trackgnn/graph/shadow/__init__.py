@@ -23,7 +23,8 @@ Samplers:
 
 Modules: :mod:`.batch` (:class:`SubgraphBatch`), :mod:`.base` (the sampler interface),
 :mod:`.reference`, :mod:`.bulk`, :mod:`.pyg` (the samplers), :mod:`.induced` (induced-edge
-extraction), :mod:`.ops` (tensor primitives), :mod:`.roots` (the epoch's roots).
+extraction), :mod:`.ops` (tensor primitives), :mod:`.roots` (the epoch's roots:
+:func:`draw_roots`, the one root schedule of training, tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from trackgnn.graph.shadow.bulk import DRAW_METHODS, BulkSampler
 from trackgnn.graph.shadow.induced import InducedExtractor
 from trackgnn.graph.shadow.pyg import PygSampler
 from trackgnn.graph.shadow.reference import ReferenceSampler
-from trackgnn.graph.shadow.roots import epoch_roots
+from trackgnn.graph.shadow.roots import draw_roots, epoch_roots
 
 __all__ = [
     "DRAW_METHODS",
@@ -49,6 +50,7 @@ __all__ = [
     "ReferenceSampler",
     "ShadowSampler",
     "SubgraphBatch",
+    "draw_roots",
     "epoch_roots",
     "make_sampler",
 ]
