@@ -9,8 +9,9 @@ touched vertices. The ``b`` subgraphs of a minibatch are disjoint components of 
 :class:`SubgraphBatch` carrying global vertex ids and original edge ids.
 
 Roots may come from several events concatenated into one disjoint-union graph
-(:func:`trackgnn.graph.csr.concat_graphs`), so one minibatch mixes subgraphs of many events; no
-subgraph crosses events because no edge does.
+(:func:`trackgnn.graph.csr.concat_graphs`; training joins its events with
+:func:`trackgnn.training.gnn.union_graph`, which builds on it), so one minibatch mixes subgraphs
+of many events; no subgraph crosses events because no edge does.
 
 Samplers:
 
