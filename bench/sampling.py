@@ -4,7 +4,7 @@ Each measurement samples the same number of roots (``--roots``, a multiple of 16
 sampler and gathers what a training step needs: node features ``x[node_ids]`` and edge labels
 ``y[edge_ids]`` of every batch. Samplers run interleaved, round robin (the order rotates each
 round) after an untimed warm-up, and the medians over rounds are reported. Roots come from
-``epoch_roots`` over all vertices, as in training.
+``epoch_roots`` over all vertices, drawn by ``draw_roots`` as in training.
 
 Torch runs with ``--threads`` intra-op threads (default 1; recorded in every line).
 

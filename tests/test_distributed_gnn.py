@@ -176,6 +176,33 @@ def test_roots_per_epoch_is_a_fresh_uniform_draw_without_replacement(tmp_path: P
     assert torch.equal(whole.epoch_roots().sort().values, whole.roots.sort().values)
 
 
+def test_union_graph_offsets_each_event_and_keeps_its_data_aligned() -> None:
+    from trackgnn.errors import TrackGNNError
+
+    events = [load_event_graph_from(_toy_event(i)) for i in range(3)]
+    union = union_graph(events)
+    n0, e0 = int(events[0].x.shape[0]), int(events[0].edge_index.shape[1])
+    e1 = e0 + int(events[1].edge_index.shape[1])
+    assert torch.equal(union.edge_index[:, e0:e1], events[1].edge_index + n0)
+    assert torch.equal(union.x[n0 : n0 + len(events[1].x)], events[1].x)
+    assert torch.equal(union.y[e0:e1], events[1].y) and union.n_samples == 3
+    with pytest.raises(TrackGNNError, match="no graphs"):
+        union_graph([])
+
+
+def test_shadow_stream_roots_keep_their_seeded_schedule(tmp_path: Path) -> None:
+    """The roots are a function of (seed, epoch) that resumed and compared runs rely on: the
+    first ``roots_per_epoch`` of one randperm of a generator seeded per epoch."""
+    graph = union_graph([load_event_graph_from(_toy_event(i)) for i in range(2)])
+    cfg = _cfg(tmp_path, mode="shadow", shadow={"batch_size": 16, "roots_per_epoch": 40})
+    stream = ShadowStream(graph, cfg, torch.device("cpu"), 0, 1)
+    for epoch in (0, 5):
+        stream.epoch = epoch
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(stream.roots), generator=gen)
+        assert torch.equal(stream.epoch_roots(), stream.roots[perm[:40]])
+
+
 def test_stand_in_step_adds_nothing_to_the_gradient() -> None:
     torch.manual_seed(0)
     module = GNNModule(MODEL, 0.01, 2.0, False, "full", "k")

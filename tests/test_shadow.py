@@ -24,6 +24,7 @@ from trackgnn.graph.shadow import (
     ReferenceSampler,
     ShadowSampler,
     SubgraphBatch,
+    draw_roots,
     epoch_roots,
     make_sampler,
 )
@@ -536,6 +537,22 @@ def test_epoch_roots_cover_every_vertex_once_in_a_new_order() -> None:
     ids = torch.tensor([5, 9, 11, 40])
     picked = torch.cat(list(epoch_roots(ids, 3, generator)))
     assert torch.equal(picked.sort().values, ids)
+
+
+def test_draw_roots_is_a_prefix_of_the_epoch_order() -> None:
+    ids = torch.arange(100, 200)
+    drawn = draw_roots(ids, 30, torch.Generator().manual_seed(4))
+    whole = torch.cat(list(epoch_roots(ids, 7, torch.Generator().manual_seed(4))))
+    assert torch.equal(drawn, whole[:30]) and len(drawn.unique()) == 30
+    generator = torch.Generator().manual_seed(0)
+    assert draw_roots(5, 0, generator).numel() == 0
+    assert torch.equal(draw_roots(5, None, generator).sort().values, torch.arange(5))
+    for bad in (-1, 101, 2.0, True):
+        with pytest.raises(TrackGNNError, match="count"):
+            draw_roots(ids, bad, generator)
+    for bad_candidates in (torch.zeros(3), torch.zeros(2, 2, dtype=torch.int64), -1):
+        with pytest.raises(TrackGNNError, match="candidates"):
+            draw_roots(bad_candidates, None, generator)
 
 
 def test_sampling_graph_views() -> None:

@@ -185,6 +185,9 @@ class ConcatenatedGraph:
 def concat_graphs(graphs: Sequence[tuple[Tensor, int]]) -> ConcatenatedGraph:
     """Concatenate ``(edge_index, num_nodes)`` pairs into one disjoint-union graph.
 
+    The one event concatenation: training's :func:`trackgnn.training.gnn.union_graph` joins the
+    edges of its events through it and concatenates their features in the same order.
+
     Raises:
         TrackGNNError: an empty list or an invalid member (the message names its position).
     """

@@ -4,12 +4,14 @@ Training modes:
 
 * ``full``: one event graph per optimizer step; with P ranks each rank takes every P-th event of
   the epoch's shuffled event order and gradients are averaged.
-* ``shadow``: the training events are joined into one disjoint-union graph, so a minibatch mixes
-  roots (and subgraphs) from all events. Every vertex with at least one edge is a root once per
-  epoch (or ``roots_per_epoch`` of them, drawn afresh each epoch, uniformly without replacement),
-  in a seeded shuffled order; each step takes the next ``batch_size`` roots (global), split
-  in P shares differing by at most one root; the loss is over all induced edges of the sampled
-  subgraphs, with edges incident to a root weighted by ``root_weight``.
+* ``shadow``: the training events are joined into one disjoint-union graph (:func:`union_graph`,
+  over :func:`trackgnn.graph.csr.concat_graphs`), so a minibatch mixes roots (and subgraphs)
+  from all events. Every vertex with at least one edge is a root once per epoch (or
+  ``roots_per_epoch`` of them, drawn afresh each epoch, uniformly without replacement), in a
+  seeded shuffled order (:func:`trackgnn.graph.shadow.draw_roots`); each step takes the next
+  ``batch_size`` roots (global), split in P shares differing by at most one root; the loss is
+  over all induced edges of the sampled subgraphs, with edges incident to a root weighted by
+  ``root_weight``.
 
 Any world size takes every event (or root) once per epoch; where the data does not split evenly,
 ranks left without any in an epoch's last step train on a zero-weight stand-in, and the log says
@@ -41,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from trackgnn.config import Config, training_settings
 from trackgnn.errors import TrackGNNError
+from trackgnn.graph.csr import concat_graphs
 from trackgnn.io import load_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.models.mlp import angle_columns
@@ -76,12 +79,19 @@ from trackgnn.training.schedule import one_cycle_optimization
 
 
 def union_graph(graphs: list[GraphBatch]) -> GraphBatch:
-    """The disjoint union of event graphs (node ids offset event by event)."""
-    offsets = torch.tensor([0] + [g.x.shape[0] for g in graphs]).cumsum(0)
+    """The disjoint union of event graphs with their features, labels and weights.
+
+    The edges are joined by :func:`trackgnn.graph.csr.concat_graphs` (node ids offset event by
+    event); node and edge tensors are concatenated in the same order, so they line up.
+
+    Raises:
+        TrackGNNError: no graphs, or an invalid edge list.
+    """
+    union = concat_graphs([(g.edge_index, int(g.x.shape[0])) for g in graphs])
     return GraphBatch(
         x=torch.cat([g.x for g in graphs]),
         edge_attr=torch.cat([g.edge_attr for g in graphs]),
-        edge_index=torch.cat([g.edge_index + offsets[i] for i, g in enumerate(graphs)], dim=1),
+        edge_index=union.edge_index,
         y=torch.cat([g.y for g in graphs]),
         weight=torch.cat([g.weight for g in graphs]),
         n_samples=len(graphs),
@@ -249,10 +259,12 @@ class ShadowStream(IterableDataset):
 
     def epoch_roots(self) -> Tensor:
         """This epoch's roots in training order (the same on every rank): a seeded uniform draw
-        of ``roots_per_epoch`` vertices without replacement, fresh each epoch."""
+        of ``roots_per_epoch`` vertices without replacement, fresh each epoch
+        (:func:`trackgnn.graph.shadow.draw_roots`)."""
+        from trackgnn.graph.shadow import draw_roots
+
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(len(self.roots), generator=gen)
-        return self.roots[perm[: self.roots_per_epoch]]
+        return draw_roots(self.roots, self.roots_per_epoch, gen)
 
     def _rank_roots(self, order: Tensor, step: int) -> Tensor:
         batch = order[step * self.batch_size : (step + 1) * self.batch_size]
