@@ -4,8 +4,8 @@ Equal wall-clock time, not equal epochs: each mode trains the same InteractionGN
 initial weights, loss, learning rate) on the same filtered event graphs of a finished run for the
 same budget of training seconds, and is validated at evenly spaced points of its training clock
 (the clock stops while it is validated) on the same whole validation events (score cut 0.5,
-label ``y_pid``). The one-cycle learning-rate schedule of the pipeline spans the steps each mode
-fits in the budget, estimated from its first steps' median time. Modes:
+label ``y_pid``). The pipeline's one-cycle learning-rate schedule runs over the budget's seconds
+(warm-up and decay by the training clock), so every mode ends its schedule with its budget. Modes:
 
 * ``shadow``: ShaDow subgraph minibatches from the config's sampler (``gnn.shadow``: depth,
   fanout, batch size, ``roots_per_epoch`` drawn afresh each epoch);
@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
-
-WARMUP_STEPS = 5
 
 
 def _stream(mode: str, cfg, train_graphs, phi_col: int, sectors: int, device):
@@ -75,7 +72,7 @@ def _train(mode: str, cfg, train_graphs, val_graphs, phi_col: int, args, device)
 
     from trackgnn.scoring import edge_classification_metrics
     from trackgnn.training.gnn import GNNModule
-    from trackgnn.training.schedule import one_cycle_scheduler
+    from trackgnn.training.schedule import one_cycle_factor
 
     g = cfg.gnn
     torch.manual_seed(cfg.seed)
@@ -104,26 +101,17 @@ def _train(mode: str, cfg, train_graphs, val_graphs, phi_col: int, args, device)
         _sync(device)
         return time.perf_counter() - start
 
-    module.train()
-    # Warm-up steps, whose updates are then undone, size the schedule: the steps this mode fits
-    # in the budget.
-    state = {k: v.clone() for k, v in module.state_dict().items()}
-    opt_state = optimizer.state_dict()
     batches = _batches(stream)
-    per_step = statistics.median(timed_step(batches) for _ in range(WARMUP_STEPS))
-    module.load_state_dict(state)
-    optimizer.load_state_dict(opt_state)
-    total_steps = max(1, int(args.seconds / per_step))
-    scheduler = one_cycle_scheduler(optimizer, total_steps)
-    batches = _batches(stream)  # restart the data too: every mode starts from epoch 0
-
     curve, clock, steps = [], 0.0, 0
     marks = [args.seconds * (i + 1) / args.points for i in range(args.points)]
     for mark in marks:
         module.train()
-        while clock < mark and steps < total_steps:
+        while clock < mark:
+            # The pipeline's one-cycle schedule, over training seconds instead of steps.
+            factor = one_cycle_factor(round(clock * 1000), round(args.seconds * 1000))
+            for group in optimizer.param_groups:
+                group["lr"] = g.lr * factor
             clock += timed_step(batches)
-            scheduler.step()
             steps += 1
         module.eval()
         with torch.no_grad(), amp:
@@ -153,6 +141,7 @@ def main() -> None:
     parser.add_argument("--modes", default="shadow,sectors,full")
     parser.add_argument("--sectors", type=int, help="sectors per event (default: gnn.phi_sectors)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--plot", default="results/shadow_vs_full.png")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -167,6 +156,8 @@ def main() -> None:
 
     if args.quick:
         args.train_events, args.seconds, args.points = 2, 40.0, 4
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
     args.sectors = args.sectors or max(cfg.gnn.phi_sectors, 2)
     device = torch.device(args.device)
