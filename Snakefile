@@ -23,6 +23,10 @@ from trackgnn.workflow import WorkflowContext
 configfile: "config/config.yaml"
 
 
+# snakemake --report results/report.html: the efficiency plots, the summary table, the studies.
+report: "workflow/report/workflow.rst"
+
+
 try:
     CFG = config_from_dict(
         config, "config (" + ", ".join(map(str, workflow.configfiles)) + ")"
@@ -67,24 +71,6 @@ rule all:
         split_files("filter", "all"),
         split_files("gnn", "test"),
         split_files("tracks", "test", "csv"),
-
-
-# Every path that reaches a shell line is quoted (":q"): results_dir may hold spaces or quotes.
-def check_local_cuda():
-    """Jobs that run on this machine need its GPU: fail before the first job, naming the config.
-
-    Checked at start, not while parsing: only then is the executor known, and a cluster's
-    login node plans GPU jobs without having a GPU.
-    """
-    if CFG.device != "cuda" or not workflow.local_exec:
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise WorkflowError(
-            f"{', '.join(map(str, workflow.configfiles))}: key 'device': 'cuda' requested but "
-            "torch sees no CUDA device on this machine (use cpu or auto)"
-        )
 
 
 onstart:

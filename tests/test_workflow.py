@@ -71,6 +71,19 @@ def test_smoke_pipeline_learns(done):
     assert summary["trackml_score"]["all"]["value"] >= 0.25, summary["trackml_score"]
 
 
+def test_snakemake_report_shows_the_efficiency_plots_and_the_summary(done, tmp_path):
+    html = tmp_path / "report.html"
+    result = snakemake(done.work, "--report", str(html), configs=[SMOKE, done.base])
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = html.read_text()
+    for name in ("efficiency_vs_pt.png", "efficiency_vs_eta.png", "summary.txt"):
+        assert name in text, name
+    # the plots are embedded (the report is one self-contained file)
+    assert text.count("data:image/png;base64,") >= 2 or text.count("iVBORw0KGgo") >= 2
+    summary = (done.run / "report" / "summary.txt").read_text()
+    assert "technical efficiency" in summary and "trackml score" in summary
+
+
 def test_per_event_stages_rerun_to_the_same_bytes(done, tmp_path):
     """Each per-event command, run again by hand on the pipeline's inputs, writes the same bytes."""
     run, event = done.run, f"event{TEST_EVENT}"

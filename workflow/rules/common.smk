@@ -18,6 +18,16 @@ except (
     raise WorkflowError(str(err)) from None
 
 
+def resolved_config(wildcards, input):
+    """The resolved config file a job's command reads (CONFIG).
+
+    A params function of ``input`` is "derived" for Snakemake: the file's name, which changes with
+    any key of the config, is no reason to rerun a job; each rule's other params are the config
+    sections it reads.
+    """
+    return CONFIG
+
+
 def split_files(stage, split, ext="pt"):
     return CTX.stage_files(stage, split, ext)
 
@@ -35,7 +45,7 @@ EVENTS_PER_JOB = CFG.workflow.events_per_job
 
 
 def event_jobs(stage, split="all"):
-    """(rule name, events) of a per-event stage: (stage, None) for the {event} wildcard rule."""
+    """The (name, events) jobs of a per-event stage; (stage, None) is the {event} wildcard rule."""
     if EVENTS_PER_JOB == 1:
         return [(stage, None)]
     return [(f"{stage}_{chunk[0]}", chunk) for chunk in CTX.chunks(split)]
@@ -115,7 +125,7 @@ def local_cores(minimum=1):
 def rank_launcher(resources):
     """The command that starts the data-parallel ranks of a training job.
 
-    On a cluster the profile gives the rule an ``mpi`` resource (``srun ...``): the job step then
+    On a cluster the profile gives the training job an ``mpi`` resource (``srun ...``), and the job step
     starts ``tasks`` ranks, ``ranks_per_node`` (a profile resource; default: all on one node) per
     node, one per GPU, and Snakemake's SLURM job step does not wrap the rule in ``srun -n1``
     (train_gnn of one rank has no ``mpi``: a plain job, wrapped; see gnn.smk).
@@ -181,5 +191,90 @@ _check_rank_launcher()
 # Under --software-deployment-method conda every rule runs in envs/cpu.yaml or envs/cuda.yaml,
 # chosen by the config's device; otherwise the conda directive is ignored.
 CONDA_ENV = "../../envs/cuda.yaml" if CFG.device == "cuda" else "../../envs/cpu.yaml"
-# The environments install this package from the source tree (post-deploy script).
-os.environ["TRACKGNN_SOURCE"] = workflow.basedir
+# Set here for the environments' post-deploy script, not read from the user (no envvars entry).
+os.environ.update(TRACKGNN_SOURCE=workflow.basedir)
+
+
+# ------------------------------------------------------------------- start, studies, reconstruct
+# Input functions and constants of the Snakefile's handlers and of studies.smk and
+# reconstruct.smk, kept here so that the rule files hold rules only.
+
+
+def check_local_cuda():
+    """Jobs that run on this machine need its GPU: fail before the first job, naming the config.
+
+    Checked at start, not while parsing: only then is the executor known, and a cluster's
+    login node plans GPU jobs without having a GPU.
+    """
+    if CFG.device != "cuda" or not workflow.local_exec:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WorkflowError(
+            f"{', '.join(map(str, workflow.configfiles))}: key 'device': 'cuda' requested but "
+            "torch sees no CUDA device on this machine (use cpu or auto)"
+        )
+
+
+# Scaling study (studies.smk)
+from trackgnn.studies import SAMPLERS, SCALINGS, world_sizes
+
+STUDY_DIR = f"{RUN}/study/scaling"
+# Timed optimizer steps per configuration (a multiple of every world size: strong full-graph
+# scaling splits them over the ranks), after a warm-up of one bulk draw.
+STUDY_STEPS = 32
+STUDY_WORLDS = world_sizes(
+    CFG.gnn.world_size
+    if CFG.device == "cuda"
+    else max(CFG.gnn.world_size, os.cpu_count() or 1)
+)
+
+
+def scaling_measurements():
+    """P = 1 once per sampler (the baseline of both studies), then every study at P > 1."""
+    files = [f"{STUDY_DIR}/strong-{s}-P1.json" for s in SAMPLERS]
+    files += [
+        f"{STUDY_DIR}/{scaling}-{s}-P{p}.json"
+        for scaling in SCALINGS
+        for s in SAMPLERS
+        for p in STUDY_WORLDS
+        if p > 1
+    ]
+    return files
+
+
+# Robustness studies (studies.smk)
+from trackgnn.robustness import STUDIES, point_simulation, study_points
+
+ROBUSTNESS_DIR = f"{RUN}/study"
+ROBUSTNESS_POINTS = {study: study_points(CFG, study) for study in STUDIES}
+ROBUSTNESS_EVENTS = CTX.event_ids("test")[: CFG.studies.events]
+EVENT_KINDS = ("hits", "cells", "particles", "truth")
+
+
+def point_value(wildcards):
+    return ROBUSTNESS_POINTS[wildcards.study][wildcards.point]
+
+
+def point_events_dir(wildcards):
+    return f"{ROBUSTNESS_DIR}/{wildcards.study}/{wildcards.point}/events"
+
+
+def point_prefixes(wildcards):
+    return [f"{point_events_dir(wildcards)}/event{e}" for e in ROBUSTNESS_EVENTS]
+
+
+def point_simulation_setting(wildcards, setting):
+    return point_simulation(CFG, wildcards.study, point_value(wildcards))[setting]
+
+
+# Reconstruction target (reconstruct.smk)
+def reconstruct_plan():
+    # Imported here: trackgnn.reconstruct imports torch, seconds that only this target needs.
+    from trackgnn.reconstruct import plan_reconstruction
+
+    try:
+        return plan_reconstruction(CFG)
+    except TrackGNNError as err:
+        raise WorkflowError(str(err)) from None

@@ -27,11 +27,12 @@ if CFG.data.source == "simulate":
             params:
                 **({} if events is None else {"events": events}),
                 # the settings the command reads from the config: a change reruns the simulation
+                config=resolved_config,
                 simulate=CFG.section("simulate"),
                 seed=CFG.seed,
-                output_dir=f"{RUN}/events",
+                output_dir=lambda wildcards, output: os.path.dirname(output[0]),
             shell:
-                "trackgnn simulate --config {CONFIG:q} "
+                "trackgnn simulate --config {params.config:q} "
                 + SIMULATE_WHICH
                 + " --output {params.output_dir:q} 2> {log:q}"
 

@@ -17,13 +17,14 @@ rule train_gnn:
         tasks=CFG.gnn.world_size,
         gpu=gpus(CFG.gnn.world_size),
     params:
+        config=resolved_config,
         training=training_settings(CFG, "gnn"),
         device=CFG.device,
         # torchrun locally; `{resources.mpi} -n {resources.tasks} trackgnn` (srun, one rank per
         # GPU) where the profile gives the rule an mpi resource. See rank_launcher().
         launcher=lambda wildcards, resources: rank_launcher(resources),
     shell:
-        "{params.launcher} train gnn --config {CONFIG:q} --train {input.train:q}"
+        "{params.launcher} train gnn --config {params.config:q} --train {input.train:q}"
         " --val {input.val:q} --output {output:q} > {log:q} 2>&1"
 
 
@@ -51,8 +52,10 @@ for name, events in event_jobs("score_edges", "test"):
             CONDA_ENV
         resources:
             gpu=gpus(),
+        params:
+            config=resolved_config,
         shell:
-            "trackgnn score-edges --config {CONFIG:q} --model {input.model:q}"
+            "trackgnn score-edges --config {params.config:q} --model {input.model:q}"
             " --inputs {input.graph:q} --outputs {output.graph:q} 2> {log:q}"
 
     chunk_rule_settings(name, "score_edges")

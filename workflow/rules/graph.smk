@@ -17,10 +17,11 @@ rule train_embedding:
     resources:
         gpu=gpus(),
     params:
+        config=resolved_config,
         training=training_settings(CFG, "embedding"),
         device=CFG.device,
     shell:
-        "trackgnn train embedding --config {CONFIG:q} --train {input.train:q} --val {input.val:q}"
+        "trackgnn train embedding --config {params.config:q} --train {input.train:q} --val {input.val:q}"
         " --output {output:q} > {log:q} 2>&1"
 
 
@@ -42,9 +43,10 @@ for name, events in event_jobs("build_graph"):
         resources:
             gpu=gpus(),
         params:
+            config=resolved_config,
             graph=CFG.section("graph"),
         shell:
-            "trackgnn build-graph --config {CONFIG:q} --model {input.model:q}"
+            "trackgnn build-graph --config {params.config:q} --model {input.model:q}"
             " --inputs {input.features:q} --outputs {output.graph:q} 2> {log:q}"
 
     chunk_rule_settings(name, "build_graph")
@@ -64,10 +66,11 @@ rule train_filter:
     resources:
         gpu=gpus(),
     params:
+        config=resolved_config,
         training=training_settings(CFG, "filter"),
         device=CFG.device,
     shell:
-        "trackgnn train filter --config {CONFIG:q} --train {input.train:q} --val {input.val:q}"
+        "trackgnn train filter --config {params.config:q} --train {input.train:q} --val {input.val:q}"
         " --output {output:q} > {log:q} 2>&1"
 
 
@@ -89,10 +92,11 @@ for name, events in event_jobs("filter_graph"):
         resources:
             gpu=gpus(),
         params:
+            config=resolved_config,
             cut=CFG.filter.cut,
             chunk_edges=CFG.filter.chunk_edges,
         shell:
-            "trackgnn filter --config {CONFIG:q} --model {input.model:q} --inputs {input.graph:q}"
+            "trackgnn filter --config {params.config:q} --model {input.model:q} --inputs {input.graph:q}"
             " --outputs {output.graph:q} 2> {log:q}"
 
     chunk_rule_settings(name, "filter_graph")

@@ -9,18 +9,8 @@
 RECONSTRUCT_CONFIGURED = bool(CFG.reconstruct.models or CFG.reconstruct.events)
 
 
-def _reconstruct_plan():
-    # Imported here: trackgnn.reconstruct imports torch, seconds that only this target needs.
-    from trackgnn.reconstruct import plan_reconstruction
-
-    try:
-        return plan_reconstruction(CFG)
-    except TrackGNNError as err:
-        raise WorkflowError(str(err)) from None
-
-
 if RECONSTRUCT_CONFIGURED:
-    RECONSTRUCT_PLAN = _reconstruct_plan()
+    RECONSTRUCT_PLAN = reconstruct_plan()
     RECONSTRUCT = str(RECONSTRUCT_PLAN.output)
 
     rule reconstruct_events:
@@ -40,6 +30,7 @@ if RECONSTRUCT_CONFIGURED:
         resources:
             gpu=gpus(),
         params:
+            config=resolved_config,
             models=str(CFG.reconstruct.models),
             events=str(RECONSTRUCT_PLAN.events_dir),
             ids=RECONSTRUCT_PLAN.event_ids,
@@ -49,7 +40,7 @@ if RECONSTRUCT_CONFIGURED:
             evaluation=CFG.section("evaluation"),
             device=CFG.device,
         shell:
-            "trackgnn reconstruct --config {CONFIG:q} --models {params.models:q}"
+            "trackgnn reconstruct --config {params.config:q} --models {params.models:q}"
             " --events {params.events:q} --ids {params.ids:q} --output {RECONSTRUCT:q} 2> {log:q}"
 
     rule reconstruct:
@@ -60,4 +51,4 @@ else:
 
     rule reconstruct:
         input:
-            lambda wildcards: _reconstruct_plan(),
+            lambda wildcards: reconstruct_plan(),

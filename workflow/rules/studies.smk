@@ -5,31 +5,6 @@
 # Writes results/<run>/report/scaling/{scaling.csv,scaling.json,scaling_strong.png,
 # scaling_weak.png} and one MLflow run per configuration.
 
-from trackgnn.studies import SAMPLERS, SCALINGS, world_sizes
-
-STUDY_DIR = f"{RUN}/study/scaling"
-# Timed optimizer steps per configuration (a multiple of every world size: strong full-graph
-# scaling splits them over the ranks), after a warm-up of one bulk draw.
-STUDY_STEPS = 32
-STUDY_WORLDS = world_sizes(
-    CFG.gnn.world_size
-    if CFG.device == "cuda"
-    else max(CFG.gnn.world_size, os.cpu_count() or 1)
-)
-
-
-def _study_measurements():
-    """P = 1 once per sampler (the baseline of both studies), then every study at P > 1."""
-    files = [f"{STUDY_DIR}/strong-{s}-P1.json" for s in SAMPLERS]
-    files += [
-        f"{STUDY_DIR}/{scaling}-{s}-P{p}.json"
-        for scaling in SCALINGS
-        for s in SAMPLERS
-        for p in STUDY_WORLDS
-        if p > 1
-    ]
-    return files
-
 
 rule study_scaling_measure:
     input:
@@ -50,13 +25,14 @@ rule study_scaling_measure:
         tasks=lambda wildcards: int(wildcards.world),
         gpu=lambda wildcards: gpus(int(wildcards.world)),
     params:
+        config=resolved_config,
         launcher=lambda wildcards, resources: rank_launcher(resources),
         steps=STUDY_STEPS,
         # Every P of a study gives each rank the same threads (the cores over the largest P):
         # a weak-scaling P = 1 on all cores would measure thread scaling too.
         threads_per_rank=max(1, (os.cpu_count() or 1) // STUDY_WORLDS[-1]),
     shell:
-        "{params.launcher} study scaling measure --config {CONFIG:q} --train {input.train:q}"
+        "{params.launcher} study scaling measure --config {params.config:q} --train {input.train:q}"
         " --sampler {wildcards.sampler} --scaling {wildcards.scaling}"
         " --world-size {wildcards.world} --steps {params.steps} --threads-per-rank {params.threads_per_rank}"
         " --output {output:q} > {log:q} 2>&1"
@@ -64,7 +40,7 @@ rule study_scaling_measure:
 
 rule scaling:
     input:
-        _study_measurements(),
+        scaling_measurements(),
     output:
         table=f"{RUN}/report/scaling/scaling.csv",
         rows=f"{RUN}/report/scaling/scaling.json",
@@ -74,9 +50,10 @@ rule scaling:
     conda:
         CONDA_ENV
     params:
+        config=resolved_config,
         report_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "trackgnn study scaling report --config {CONFIG:q} --inputs {input:q}"
+        "trackgnn study scaling report --config {params.config:q} --inputs {input:q}"
         " --output-dir {params.report_dir:q} > {log:q} 2>&1 && cat {log:q}"
 
 
@@ -84,29 +61,6 @@ rule scaling:
 # the run's trained models applied unchanged to the test split's event ids simulated anew at
 # each point (studies.pileup_mu, studies.noise_fractions). Writes
 # results/<run>/report/<study>/{<study>.csv,<study>_events.csv,<study>.png} and MLflow runs.
-
-from trackgnn.robustness import STUDIES, point_simulation, study_points
-
-ROBUSTNESS_DIR = f"{RUN}/study"
-ROBUSTNESS_POINTS = {study: study_points(CFG, study) for study in STUDIES}
-ROBUSTNESS_EVENTS = CTX.event_ids("test")[: CFG.studies.events]
-EVENT_KINDS = ("hits", "cells", "particles", "truth")
-
-
-def _point_value(wildcards):
-    return ROBUSTNESS_POINTS[wildcards.study][wildcards.point]
-
-
-def _point_events_dir(wildcards):
-    return f"{ROBUSTNESS_DIR}/{wildcards.study}/{wildcards.point}/events"
-
-
-def _point_prefixes(wildcards):
-    return [f"{_point_events_dir(wildcards)}/event{e}" for e in ROBUSTNESS_EVENTS]
-
-
-def _point_simulation(wildcards, setting):
-    return point_simulation(CFG, wildcards.study, _point_value(wildcards))[setting]
 
 
 rule simulate_study_events:
@@ -128,14 +82,15 @@ rule simulate_study_events:
     conda:
         CONDA_ENV
     params:
+        config=resolved_config,
         ids=ROBUSTNESS_EVENTS,
-        mu=lambda wildcards: _point_simulation(wildcards, "mu"),
-        noise=lambda wildcards: _point_simulation(wildcards, "noise_fraction"),
+        mu=lambda wildcards: point_simulation_setting(wildcards, "mu"),
+        noise=lambda wildcards: point_simulation_setting(wildcards, "noise_fraction"),
         simulate=CFG.section("simulate"),
         seed=CFG.seed,
-        output_dir=_point_events_dir,
+        output_dir=point_events_dir,
     shell:
-        "trackgnn simulate --config {CONFIG:q} --event-ids {params.ids} --mu {params.mu}"
+        "trackgnn simulate --config {params.config:q} --event-ids {params.ids} --mu {params.mu}"
         " --noise-fraction {params.noise} --output {params.output_dir:q} 2> {log:q}"
 
 
@@ -146,7 +101,7 @@ rule measure_study_point:
         ),
         events=lambda wildcards: [
             f"{prefix}-{kind}.csv"
-            for prefix in _point_prefixes(wildcards)
+            for prefix in point_prefixes(wildcards)
             for kind in EVENT_KINDS
         ],
     output:
@@ -162,16 +117,17 @@ rule measure_study_point:
     resources:
         gpu=gpus(),
     params:
-        models_dir=f"{RUN}/models",
-        prefixes=_point_prefixes,
-        value=_point_value,
+        config=resolved_config,
+        models_dir=lambda wildcards, input: os.path.dirname(input.models[0]),
+        prefixes=point_prefixes,
+        value=point_value,
         graph=CFG.section("graph"),
         filter=CFG.section("filter"),
         tracks=CFG.section("tracks"),
         evaluation=CFG.section("evaluation"),
         device=CFG.device,
     shell:
-        "trackgnn study {wildcards.study} measure --config {CONFIG:q}"
+        "trackgnn study {wildcards.study} measure --config {params.config:q}"
         " --models {params.models_dir:q} --events {params.prefixes:q} --value {params.value}"
         " --output {output:q} 2> {log:q}"
 
@@ -187,17 +143,21 @@ for _study in STUDIES:
                 for point in ROBUSTNESS_POINTS[_study]
             ],
         output:
-            [
-                f"{RUN}/report/{_study}/{_study}{suffix}"
-                for suffix in (".csv", "_events.csv", ".png")
-            ],
+            f"{RUN}/report/{_study}/{_study}.csv",
+            f"{RUN}/report/{_study}/{_study}_events.csv",
+            report(
+                f"{RUN}/report/{_study}/{_study}.png",
+                caption="../report/study.rst",
+                category="Studies",
+            ),
         log:
             f"{RUN}/logs/study_{_study}/report.log",
         conda:
             CONDA_ENV
         params:
+            config=resolved_config,
             study=_study,
             report_dir=lambda wildcards, output: os.path.dirname(output[0]),
         shell:
-            "trackgnn study {params.study} report --config {CONFIG:q} --inputs {input:q}"
+            "trackgnn study {params.study} report --config {params.config:q} --inputs {input:q}"
             " --output-dir {params.report_dir:q} > {log:q} 2>&1 && cat {log:q}"

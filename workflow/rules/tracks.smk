@@ -18,9 +18,10 @@ for name, events in event_jobs("build_tracks", "test"):
         resources:
             gpu=gpus(),
         params:
+            config=resolved_config,
             tracks=CFG.section("tracks"),
         shell:
-            "trackgnn build-tracks --config {CONFIG:q} --inputs {input:q} --outputs {output.tracks:q}"
+            "trackgnn build-tracks --config {params.config:q} --inputs {input:q} --outputs {output.tracks:q}"
             " 2> {log:q}"
 
     chunk_rule_settings(name, "build_tracks")
@@ -39,17 +40,33 @@ rule evaluate:
         timing_gnn=split_files("gnn", "test", "json"),
         timing_tracks=split_files("tracks", "test", "json"),
     output:
-        f"{RUN}/report/summary.json",
+        summary=f"{RUN}/report/summary.json",
+        table=report(
+            f"{RUN}/report/summary.txt",
+            caption="../report/summary.rst",
+            category="Physics",
+        ),
+        efficiency_pt=report(
+            f"{RUN}/report/efficiency_vs_pt.png",
+            caption="../report/efficiency_vs_pt.rst",
+            category="Physics",
+        ),
+        efficiency_eta=report(
+            f"{RUN}/report/efficiency_vs_eta.png",
+            caption="../report/efficiency_vs_eta.rst",
+            category="Physics",
+        ),
     log:
         f"{RUN}/logs/evaluate.log",
     conda:
         CONDA_ENV
     params:
+        config=resolved_config,
         evaluation=CFG.section("evaluation"),
         events=[str(CTX.event_prefix(e)) for e in CTX.event_ids("test")],
-        report_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        report_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "trackgnn evaluate --config {CONFIG:q} --events {params.events:q}"
+        "trackgnn evaluate --config {params.config:q} --events {params.events:q}"
         " --tracks {input.tracks:q} --graphs {input.graph:q} --filtered {input.filter:q}"
         " --scored {input.gnn:q} --timing features {input.timing_features:q}"
         " --timing graph {input.timing_graph:q} --timing filter {input.timing_filter:q}"

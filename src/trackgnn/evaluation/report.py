@@ -7,7 +7,8 @@ subdirectories (``scaling/``, ``pileup/``, ``noise/``) in ``out_dir`` are left a
 
 Report directory contents:
 
-- ``summary.json``: see :func:`build_summary`;
+- ``summary.json``: see :func:`build_summary`; ``summary.txt``: the same as a table
+  (:func:`format_table`);
 - ``per_event.csv``: the track-level counts and TrackML scores of each event;
 - ``edge_metrics.csv``: the edge-level counts and figures of each event and stage;
 - ``efficiency_vs_pt.csv/.png`` (selected particles) and ``efficiency_vs_eta.csv/.png`` (selected
@@ -373,5 +374,6 @@ def evaluate_events(
             tmp / "efficiency_vs_eta.png",
             f"selected particles, {cuts.signal_key}",
         )
+        (tmp / "summary.txt").write_text(format_table(summary) + "\n")
         write_summary(tmp / "summary.json", summary)
     return summary
