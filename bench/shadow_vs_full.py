@@ -33,7 +33,7 @@ from pathlib import Path
 def _stream(mode: str, cfg, train_graphs, phi_col: int, sectors: int, device):
     import torch
 
-    from trackgnn.training.gnn import (
+    from trackgnn.training.gnn_streams import (
         FullGraphStream,
         ShadowStream,
         split_phi_sectors,

@@ -14,7 +14,8 @@ from trackgnn.graph.construction import build_graph, filter_graph
 from trackgnn.io import save_tensors
 from trackgnn.models.checkpoint import load_model, read_checkpoint
 from trackgnn.models.embedding import EmbeddingNet
-from trackgnn.training.checkpoint import format_duration, last_checkpoint_path
+from trackgnn.training.checkpoint import last_checkpoint_path
+from trackgnn.training.driver import format_duration
 from trackgnn.training.embedding import train_embedding
 
 

@@ -22,12 +22,12 @@ from torch import nn
 
 import trackgnn.training.distributed as distributed
 from trackgnn.errors import ConfigError
+from trackgnn.process import process_rank
 from trackgnn.training.distributed import (
     GradSyncStats,
     OneBucketDDPStrategy,
     detect_launch,
     gradient_sync_stats,
-    is_rank_zero,
     local_batch_size,
     make_strategy,
     model_bytes,
@@ -188,7 +188,7 @@ def _worker(out_dir: Path, launcher: str) -> None:
     result = {
         "rank": rank,
         "world_size": dist.get_world_size(),
-        "is_rank_zero": is_rank_zero(),
+        "is_rank_zero": process_rank() == 0,
         "state": {k: v.detach().clone() for k, v in module.net.state_dict().items()},
         "step_indices": module.seen,
         "per_batch_allreduce": counter.per_batch,
@@ -456,15 +456,26 @@ def test_trainer_gets_ranks_from_torchrun_and_refuses_a_mismatched_layout(clean_
         Trainer(strategy=make_strategy(4, "cpu"), accelerator="cpu", devices=2, logger=False)
 
 
-def test_is_rank_zero_follows_the_launcher(clean_env):
-    assert is_rank_zero()
+def test_process_rank_follows_the_launcher(clean_env):
+    assert process_rank() == 0
     clean_env.setenv("SLURM_NTASKS", "2")
     clean_env.setenv("SLURM_PROCID", "1")
-    assert not is_rank_zero()
+    assert process_rank() == 1
     clean_env.setenv("RANK", "0")  # torchrun inside a SLURM allocation: torchrun's rank wins
-    assert is_rank_zero()
+    assert process_rank() == 0
     clean_env.setenv("RANK", "3")
-    assert not is_rank_zero()
+    assert process_rank() == 3
+
+
+def test_lightning_children_in_an_interactive_allocation_are_not_rank_zero(clean_env):
+    # salloc's shell exports SLURM_PROCID=0; Lightning's local launcher adds only LOCAL_RANK.
+    clean_env.setenv("SLURM_PROCID", "0")
+    clean_env.setenv("LOCAL_RANK", "1")
+    assert process_rank() == 1
+    clean_env.setenv("LOCAL_RANK", "0")
+    assert process_rank() == 0
+    clean_env.setenv("LOCAL_RANK", "not-a-number")  # never raises: logging asks for the rank
+    assert process_rank() == 0
 
 
 def test_local_batch_size_splits_the_global_batch_evenly():

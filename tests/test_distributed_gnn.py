@@ -20,15 +20,13 @@ import torch
 
 from trackgnn.config import config_from_dict
 from trackgnn.scoring import GraphBatch, load_event_graph
-from trackgnn.training.gnn import (
+from trackgnn.training.gnn import GNNModule, interleave_shards, validation_loader
+from trackgnn.training.gnn_streams import (
     FullGraphStream,
-    GNNModule,
     ShadowStream,
-    interleave_shards,
     rank_share,
     stand_in_batch,
     union_graph,
-    validation_loader,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +253,7 @@ def _worker(task: str, out_dir: Path, args: dict[str, Any]) -> None:
                 world_size=world,
                 shadow={"batch_size": batch_size},
             )
-            trainer = train_gnn(cfg, args["train"], args["val"], out_dir / f"{mode}.ckpt")
+            trainer = train_gnn(cfg, args["train"], args["val"], out_dir / f"{mode}.ckpt").trainer
             state = trainer.lightning_module.state_dict()
             torch.save(state, out_dir / f"{mode}-rank{rank}.pt")
             result[mode] = {

@@ -187,7 +187,7 @@ def test_train_embedding_learns_and_build_graph_writes_labelled_graph(tmp_path):
     files = write_synthetic_events(tmp_path / "features", [1, 2, 3, 4])
     cfg = tiny_config(tmp_path, embedding={"epochs": 12, "lr": 0.01})
     ckpt = tmp_path / "models" / "embedding.ckpt"
-    metrics = train_embedding(cfg, files[:3], files[3:], ckpt)
+    metrics = train_embedding(cfg, files[:3], files[3:], ckpt).metrics
     assert ckpt.exists() and (tmp_path / "models" / "embedding-last.ckpt").exists()
     assert not (Path.cwd() / "lightning_logs").exists()
     # Tiny model, a few seconds of training: most truth edges are already within the radius.

@@ -151,7 +151,7 @@ def test_train_filter_then_filter_graph_removes_edges_under_the_cut(tmp_path):
     files = write_graphs(tmp_path / "graph", [11, 12, 13])
     cfg = tiny_config(tmp_path, filter={"epochs": 15, "lr": 0.01, "cut": 0.5, "chunk_edges": 1000})
     ckpt = tmp_path / "models" / "filter.ckpt"
-    metrics = train_filter(cfg, files[:2], files[2:], ckpt)
+    metrics = train_filter(cfg, files[:2], files[2:], ckpt).metrics
     assert metrics["val_auc"] > 0.9, metrics
 
     out = tmp_path / "filter" / "event000000013.pt"

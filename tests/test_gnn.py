@@ -169,7 +169,7 @@ def test_more_epochs_after_a_shorter_run_give_the_model_of_a_fresh_run(
     ckpt = tmp_path / "gnn.ckpt"
     train_gnn(small_cfg(tmp_path, mode="full", epochs=1), graph_files[:2], graph_files[3:], ckpt)
     ckpt.unlink()  # only gnn-last.ckpt of the 1-epoch run is left
-    trainer = train_gnn(two, graph_files[:2], graph_files[3:], ckpt)
+    trainer = train_gnn(two, graph_files[:2], graph_files[3:], ckpt).trainer
     assert trainer.current_epoch == 2 and trainer.global_step == 4
     expected = torch.load(fresh, weights_only=False)["state_dict"]
     got = torch.load(ckpt, weights_only=False)["state_dict"]
@@ -262,7 +262,7 @@ def test_ddp_two_ranks_one_allreduce_per_step(graph_files: list[str], tmp_path: 
 
 def test_phi_sectors_partition_the_edges_by_inner_hit_azimuth() -> None:
     from trackgnn.scoring import GraphBatch
-    from trackgnn.training.gnn import split_phi_sectors
+    from trackgnn.training.gnn_streams import split_phi_sectors
 
     torch.manual_seed(5)
     n, e = 200, 1000

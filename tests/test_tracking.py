@@ -290,7 +290,7 @@ def test_epoch_report_logs_each_epoch_to_the_stage_run_with_the_epoch_as_step(st
     pl = pytest.importorskip("pytorch_lightning")
     from torch.utils.data import DataLoader, TensorDataset
 
-    from trackgnn.training.checkpoint import EpochReport
+    from trackgnn.training.driver import EpochReport
 
     class Tiny(pl.LightningModule):
         def __init__(self) -> None:

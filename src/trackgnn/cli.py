@@ -70,12 +70,15 @@ def _load_config(args: argparse.Namespace) -> Any:
 
 
 @contextlib.contextmanager
-def _stage_run(cfg: Any, stage: str, section: str | None) -> Iterator[Any]:
+def _stage_run(
+    cfg: Any, stage: str, section: str | None, system_metrics: bool = False
+) -> Iterator[Any]:
     """An MLflow stage run for this command (a no-op logger when MLflow is unreachable)."""
     from trackgnn import tracking
 
     params = cfg.to_dict() if section is None else cfg.section(section)
-    with tracking.stage_run(tracking.Target.from_config(cfg), stage, params) as run:
+    target = tracking.Target.from_config(cfg)
+    with tracking.stage_run(target, stage, params, system_metrics=system_metrics) as run:
         yield run
 
 
@@ -146,22 +149,18 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """One stage training as one MLflow stage run (params: the stage's config section)."""
     cfg = _load_config(args)
     _apply_threads(cfg)
     if args.model == "embedding":
-        from trackgnn.training.embedding import train_embedding
-
-        with _stage_run(cfg, "train_embedding", "embedding") as run:
-            train_embedding(cfg, args.train, args.val, args.output, log=run.log_metrics)
+        from trackgnn.training.embedding import train_embedding as train
     elif args.model == "filter":
-        from trackgnn.training.filter import train_filter
-
-        with _stage_run(cfg, "train_filter", "filter") as run:
-            train_filter(cfg, args.train, args.val, args.output, log=run.log_metrics)
+        from trackgnn.training.filter import train_filter as train
     else:
-        from trackgnn.training.gnn import train_gnn
-
-        train_gnn(cfg, args.train, args.val, args.output)
+        from trackgnn.training.gnn import train_gnn as train
+    with _stage_run(cfg, f"train_{args.model}", args.model, system_metrics=True) as run:
+        trained = train(cfg, args.train, args.val, args.output, log=run.log_metrics)
+        run.log_params({"n_train_events": len(args.train), "n_parameters": trained.n_parameters})
 
 
 def _pairs(stage: str, inputs: Sequence[str], outputs: Sequence[str]) -> list[tuple[str, str]]:

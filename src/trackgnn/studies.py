@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from typing import Any
 
 from trackgnn.atomic import atomic_path, write_json_atomic, write_text_atomic
 from trackgnn.errors import InputError, TrackGNNError
-from trackgnn.process import peak_rss_mb
 
 __all__ = [
     "SAMPLERS",
@@ -110,57 +108,6 @@ def _study_config(cfg: Any, choice: SamplerChoice, world: int, global_batch: int
     return config_from_dict(raw, "scaling study config")
 
 
-def _make_timer_callback(warmup: int) -> Any:
-    import pytorch_lightning as pl
-
-    from trackgnn.training.distributed import gradient_sync_stats
-
-    class StudyTimer(pl.Callback):
-        """Times the steps after ``warmup``: wall, step, sampling and all-reduce time."""
-
-        def __init__(self) -> None:
-            self.start: float | None = None
-            self.end: float | None = None
-            self.step_s = 0.0
-            self.samples = 0
-            self._sampling0 = 0.0
-            self.sampling_s = 0.0
-            self._sync0 = (0, 0, 0.0)
-            self.sync = (0, 0, 0.0)
-
-        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-            trainer.train_dataloader.dataset.epoch = trainer.current_epoch
-
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, i: int) -> None:
-            self._step_start = time.perf_counter()
-
-        def on_train_batch_end(
-            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, i: int
-        ) -> None:
-            now = time.perf_counter()
-            stats = gradient_sync_stats(trainer)
-            if self.start is not None:
-                self.step_s += now - self._step_start
-                self.samples += batch.n_samples
-            elif trainer.global_step >= warmup:
-                self.start = now
-                self._sampling0 = trainer.train_dataloader.dataset.timer.sampling_s
-                self._sync0 = (stats.syncs, stats.allreduce_calls, stats.total_ms)
-
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.end = time.perf_counter()
-            stats = gradient_sync_stats(trainer)
-            self.sampling_s = trainer.train_dataloader.dataset.timer.sampling_s - self._sampling0
-            self.sync = tuple(
-                now - then
-                for now, then in zip(
-                    (stats.syncs, stats.allreduce_calls, stats.total_ms), self._sync0, strict=True
-                )
-            )
-
-    return StudyTimer()
-
-
 def _max_over_ranks(values: list[float], device: Any) -> list[float]:
     import torch
     import torch.distributed as dist
@@ -197,10 +144,20 @@ def measure_scaling(
     import torch
     from torch.utils.data import DataLoader
 
+    from trackgnn.io import load_tensors
     from trackgnn.models.checkpoint import resolve_device
-    from trackgnn.scoring import load_event_graph
-    from trackgnn.training.distributed import trainer_kwargs
-    from trackgnn.training.gnn import FullGraphStream, GNNModule, ShadowStream, union_graph
+    from trackgnn.models.mlp import angle_columns
+    from trackgnn.process import process_rank
+    from trackgnn.scoring import KIND, load_event_graph
+    from trackgnn.training.driver import train_stage
+    from trackgnn.training.gnn import (
+        EpochStats,
+        GNNModule,
+        gnn_model_args,
+        gnn_trainer_args,
+        quiet_gnn_training,
+    )
+    from trackgnn.training.gnn_streams import FullGraphStream, ShadowStream, union_graph
 
     choice = parse_sampler(sampler)
     if scaling not in SCALINGS:
@@ -230,9 +187,8 @@ def measure_scaling(
     total_steps = warmup + rank_steps
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    # Expected here: no validation loop, streams that know their length, per-rank loss logging.
-    for message in (".*val_dataloader.*", ".*IterableDataset.*__len__.*", ".*sync_dist=True.*"):
-        warnings.filterwarnings("ignore", message=message)
+    quiet_gnn_training()
+    warnings.filterwarnings("ignore", message=".*val_dataloader.*")  # no validation here
     study_cfg = _study_config(cfg, choice, world_size, global_batch)
     device = torch.device(resolve_device(cfg.device))
     if device.type == "cpu":
@@ -241,12 +197,12 @@ def measure_scaling(
         torch.set_num_threads(
             threads_per_rank or cfg.threads or max(1, (os.cpu_count() or 1) // local_world)
         )
-    from trackgnn.training.distributed import launch_rank
-
-    rank = launch_rank() if world_size > 1 else 0
-    graphs = [load_event_graph(f) for f in train_files]
-    if not graphs:
+    rank = process_rank() if world_size > 1 else 0
+    if not train_files:
         raise TrackGNNError("scaling study: no training events")
+    graphs = [load_event_graph(f) for f in train_files]
+    names = load_tensors(train_files[0]).get("feature_names")
+    phi_columns = angle_columns(names if isinstance(names, list) else None)
 
     # Repeat the events until one pass over the data covers warm-up plus workload: the timed
     # window then never crosses an epoch boundary. Repeats share tensors (full) or are copies
@@ -261,55 +217,38 @@ def measure_scaling(
         )
         repeats = max(1, math.ceil((total_steps + 1) * global_batch / max(roots, 1)))
         stream = ShadowStream(union_graph(graphs * repeats), study_cfg, device, rank, world_size)
-    model_args = {
-        "node_features": int(graphs[0].x.shape[1]),
-        "hidden": cfg.gnn.hidden,
-        "n_iterations": cfg.gnn.n_iterations,
-        "mlp_layers": cfg.gnn.mlp_layers,
-        "layer_norm": cfg.gnn.layer_norm,
-        "skip": cfg.gnn.skip,
-        "checkpointing": cfg.gnn.checkpointing,
-    }
     module = GNNModule(
-        model=model_args,
+        model=gnn_model_args(cfg, int(graphs[0].x.shape[1]), phi_columns),
         lr=cfg.gnn.lr,
         pos_weight=cfg.gnn.pos_weight,
         compile=cfg.gnn.compile,
         mode=choice.mode,
         resume_key="scaling-study",
+        total_steps=total_steps,
     )
-    precision = "32-true"
-    if cfg.gnn.amp:
-        precision = "16-mixed" if device.type == "cuda" else "bf16-mixed"
-    timer = _make_timer_callback(warmup)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    trainer = pl.Trainer(
-        **trainer_kwargs(world_size, device.type),
+    # The same driver, module, strategy and streams as `trackgnn train gnn`; no checkpoints or
+    # validation, and the epoch figures leave out the warm-up steps.
+    trained = train_stage(
+        module,
+        KIND,
+        train_loader=DataLoader(stream, batch_size=None, num_workers=0),
+        epochs=-1,
+        device=device.type,
+        ckpt_path=None,
+        callbacks=[EpochStats(warmup_steps=warmup)],
         max_steps=total_steps,
-        max_epochs=-1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
-        use_distributed_sampler=False,
-        callbacks=[timer],
-        default_root_dir=str(Path(output).parent),
+        **gnn_trainer_args(study_cfg, device, world_size),
     )
-    trainer.fit(module, train_dataloaders=DataLoader(stream, batch_size=None, num_workers=0))
-    if timer.start is None or timer.end is None:
+    trainer, measured = trained.trainer, trained.metrics
+    if trainer.global_step <= warmup or "epoch_time_s" not in measured:
         raise TrackGNNError(f"scaling study: {sampler}/{scaling}/P={world_size} never warmed up")
-    epoch_s = timer.end - timer.start
-    syncs, calls, sync_ms = timer.sync
-    peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+    epoch_s = measured["epoch_time_s"]
     peak_rss, peak_gpu, sampling_s = _max_over_ranks(
         [
-            peak_rss_mb(),
-            peak_gpu_mb,
-            timer.sampling_s,
+            measured["peak_rss_mb"],
+            measured.get("peak_gpu_mb", 0.0),
+            measured["sampling_time_s"],
         ],
         trainer.strategy.root_device,
     )
@@ -329,9 +268,9 @@ def measure_scaling(
         "step_time_ms": 1e3 * epoch_s / rank_steps,
         "sampling_time_s": sampling_s,
         "sampling_share": sampling_s / epoch_s if epoch_s > 0 else 0.0,
-        "allreduce_ms": sync_ms / syncs if syncs else 0.0,
-        "allreduce_calls_per_step": calls / syncs if syncs else 0.0,
-        "samples_per_s": timer.samples * world_size / epoch_s if epoch_s > 0 else 0.0,
+        "allreduce_ms": measured["allreduce_ms"],
+        "allreduce_calls_per_step": measured["allreduce_calls_per_step"],
+        "samples_per_s": measured["samples_per_s"],
         "peak_rss_mb": peak_rss,
         "peak_gpu_mb": peak_gpu,
     }

@@ -8,17 +8,17 @@ the CLI) stays fast.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-import sys
 import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from trackgnn.process import process_rank
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -75,37 +75,6 @@ _state_lock = threading.Lock()
 
 class TrackingUnavailable(Exception):
     """The tracking store cannot be used; the message says why (becomes the warning)."""
-
-
-_RANK_ENV_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
-
-
-def _env_int(name: str) -> int | None:
-    with contextlib.suppress(ValueError):
-        return int(os.environ.get(name, "").strip())
-    return None
-
-
-def process_rank() -> int:
-    """Global rank of this process in a distributed job (0 when not distributed).
-
-    torch.distributed wins when it is initialised (only looked at if torch is already imported:
-    importing it here would cost seconds); otherwise the launcher's environment: torchrun's
-    ``RANK``, srun's ``SLURM_PROCID``, MPI's variables, and last Lightning's own child processes,
-    which get only ``LOCAL_RANK`` / ``NODE_RANK`` (any non-zero one means "not rank 0").
-    """
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        dist = getattr(torch, "distributed", None)
-        with contextlib.suppress(Exception):
-            if dist is not None and dist.is_available() and dist.is_initialized():
-                return int(dist.get_rank())
-    for name in _RANK_ENV_VARS:
-        rank = _env_int(name)
-        if rank is not None:
-            return rank
-    local, node = _env_int("LOCAL_RANK") or 0, _env_int("NODE_RANK") or 0
-    return 0 if local == 0 and node == 0 else max(local, 1)
 
 
 def resolve_tracking_uri(

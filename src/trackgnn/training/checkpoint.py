@@ -16,22 +16,18 @@ one-line :class:`CheckpointError` naming it.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.trainer.states import TrainerStatus
 
 from trackgnn.atomic import atomic_path
 from trackgnn.config import section_hash
-from trackgnn.errors import TrackGNNError
-from trackgnn.models.checkpoint import read_checkpoint, resolve_device
+from trackgnn.models.checkpoint import read_checkpoint
 
 RNG_KEY = "trackgnn_torch_rng"
 
@@ -101,56 +97,6 @@ class LastCheckpoint(pl.Callback):
         save_checkpoint_atomic(trainer, self.path)
 
 
-def format_duration(seconds: float) -> str:
-    """``1h02m``, ``3m05s`` or ``42s``."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-class EpochReport(pl.Callback):
-    """One line per epoch: progress, elapsed and remaining time, the logged metrics.
-
-    Forwards the metrics to ``log(metrics, epoch)``. The remaining time assumes the epochs still
-    to run take as long as the mean of those this process ran (a resumed run counts only its own).
-    """
-
-    def __init__(
-        self, stage: str, log: Callable[[dict[str, float], int], None] | None = None
-    ) -> None:
-        self.stage = stage
-        self.on_metrics = log
-        self._start = time.monotonic()
-        self._first_epoch = 0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.monotonic()
-        self._first_epoch = trainer.current_epoch
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = {
-            name: float(value)
-            for name, value in sorted(trainer.callback_metrics.items())
-            if torch.is_tensor(value) and value.numel() == 1
-        }
-        if not trainer.is_global_zero:
-            return
-        epoch = trainer.current_epoch
-        elapsed = time.monotonic() - self._start
-        remaining = elapsed / (epoch + 1 - self._first_epoch) * (trainer.max_epochs - epoch - 1)
-        text = " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
-        print(
-            f"[{self.stage}] epoch {epoch + 1}/{trainer.max_epochs} "
-            f"elapsed {format_duration(elapsed)} remaining {format_duration(remaining)} {text}",
-            flush=True,
-        )
-        if self.on_metrics is not None:
-            self.on_metrics(metrics, epoch)
-
-
 class ResumableModule(pl.LightningModule):
     """LightningModule base that keeps torch's RNG in its checkpoints.
 
@@ -187,84 +133,3 @@ class ResumableModule(pl.LightningModule):
         self.log("train_loss", mean_loss, on_step=False, on_epoch=True, batch_size=1)
         self.log("lr", scheduler.get_last_lr()[0], on_step=False, on_epoch=True, batch_size=1)
         return mean_loss
-
-
-def make_trainer(
-    device: str,
-    max_epochs: int,
-    callbacks: list[pl.Callback],
-    root_dir: str | os.PathLike[str],
-    **overrides: Any,
-) -> pl.Trainer:
-    """A deterministic single-device Trainer: no default logger, no summary, one line per epoch.
-
-    ``overrides`` replace or add Trainer arguments (a distributed strategy, precision, ...).
-    """
-    accelerator = resolve_device(device)
-    if accelerator == "cuda":
-        # cuBLAS needs this for deterministic results under torch.use_deterministic_algorithms.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # Lightning's info lines (GPU available, tips) drown the per-epoch lines in job logs.
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-    kwargs: dict[str, Any] = {
-        "accelerator": "gpu" if accelerator == "cuda" else "cpu",
-        "devices": 1,
-        "max_epochs": max_epochs,
-        "deterministic": True,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "enable_progress_bar": False,
-        "num_sanity_val_steps": 0,
-        "callbacks": callbacks,
-        "default_root_dir": str(root_dir),
-    }
-    return pl.Trainer(**{**kwargs, **overrides})
-
-
-def fit_resumable(
-    module: pl.LightningModule,
-    kind: str,
-    ckpt_path: str | os.PathLike[str],
-    device: str,
-    max_epochs: int,
-    train_loader: Any,
-    val_loader: Any = None,
-    log: Callable[[dict[str, float], int], None] | None = None,
-) -> pl.Trainer:
-    """Train ``module`` with per-epoch last checkpoints, resuming a killed run; write the final.
-
-    ``module.hparams`` must hold ``model_kind`` (= ``kind``), ``model`` and ``resume_key``.
-    """
-    final = Path(ckpt_path)
-    last = last_checkpoint_path(final)
-    resume_from = find_resume_checkpoint(final, kind, module.hparams["resume_key"])
-    if resume_from is not None:
-        done = int(read_checkpoint(resume_from, kind).get("epoch", -1)) + 1
-        if done > max_epochs:
-            print(
-                f"{resume_from}: has {done} epochs, more than the {max_epochs} asked; "
-                "training from scratch",
-                file=sys.stderr,
-            )
-            resume_from = None
-        else:
-            print(f"[{kind}] resuming from {resume_from} after epoch {done}", flush=True)
-    trainer = make_trainer(
-        device,
-        max_epochs,
-        # Save first: a failing metrics sink must not cost the epoch.
-        callbacks=[LastCheckpoint(last), EpochReport(kind, log)],
-        root_dir=final.parent,
-    )
-    trainer.fit(
-        module,
-        train_dataloaders=train_loader,
-        val_dataloaders=val_loader,
-        ckpt_path=resume_from,
-        weights_only=True,
-    )
-    if trainer.state.status != TrainerStatus.FINISHED or trainer.current_epoch < max_epochs:
-        raise TrackGNNError(f"{final}: {kind} training stopped early; rerun to resume from {last}")
-    save_checkpoint_atomic(trainer, final)
-    return trainer

@@ -42,7 +42,6 @@ __all__ = [
     "OneBucketDDPStrategy",
     "detect_launch",
     "gradient_sync_stats",
-    "is_rank_zero",
     "local_batch_size",
     "make_strategy",
     "model_bytes",
@@ -415,29 +414,3 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
             f"{world_size} processes"
         )
     return global_batch // world_size
-
-
-def launch_rank() -> int:
-    """This process's global rank as its launcher set it: torchrun's ``RANK``, else SLURM's
-    ``SLURM_PROCID``, else 0 (not launched as ranks)."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if name in os.environ:
-            return _env_int(name)
-    return 0
-
-
-def is_rank_zero() -> bool:
-    """True on the process that should write files and log (global rank 0).
-
-    Uses the process group once it exists, before that the launcher's environment (torchrun's
-    ``RANK``, SLURM's ``SLURM_PROCID``, Lightning's child ``LOCAL_RANK`` / ``NODE_RANK``).
-    """
-    if distributed_ready():
-        return dist.get_rank() == 0
-    if "RANK" in os.environ:
-        return _env_int("RANK") == 0
-    if _slurm_launched() and "SLURM_PROCID" in os.environ:
-        return _env_int("SLURM_PROCID") == 0
-    local = _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0
-    node = _env_int("NODE_RANK") if "NODE_RANK" in os.environ else 0
-    return local == 0 and node == 0

@@ -17,7 +17,7 @@ parts, one optimizer step each; the learning rate follows a one-cycle schedule.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -43,10 +43,10 @@ from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.mlp import angle_columns
 from trackgnn.training.checkpoint import (
     ResumableModule,
-    fit_resumable,
     input_fingerprint,
     resume_key,
 )
+from trackgnn.training.driver import MetricsSink, TrainedStage, train_stage
 from trackgnn.training.schedule import one_cycle_optimization
 
 SameParticle = Literal["negative", "ignore"]
@@ -227,9 +227,9 @@ def train_embedding(
     train_files: Sequence[str | os.PathLike[str]],
     val_files: Sequence[str | os.PathLike[str]],
     ckpt_path: str | os.PathLike[str],
-    log: Callable[[dict[str, float], int], None] | None = None,
+    log: MetricsSink | None = None,
     same_particle: SameParticle = "negative",
-) -> dict[str, float]:
+) -> TrainedStage:
     """Train the embedding on features files; write ``ckpt_path`` (resumes a killed run).
 
     Args:
@@ -241,7 +241,8 @@ def train_embedding(
         same_particle: pairs of one particle that are not truth-graph neighbours count as
             negatives (the paper) or are left out of the loss.
     Returns:
-        The last epoch's logged metrics (``train_loss``, ``val_efficiency``, ...).
+        The trainer, the last epoch's logged metrics (``train_loss``, ``val_efficiency``,
+        ...) and the number of parameters.
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     train_set = EventDataset(train_files, EMBEDDING_BATCH_KEYS)
@@ -281,14 +282,13 @@ def train_embedding(
     files = input_fingerprint(train_set.files)
     key = resume_key("embedding", model, settings, same_particle, files)
     module = EmbeddingModule(model, train, key)
-    trainer = fit_resumable(
+    return train_stage(
         module,
         "embedding",
-        ckpt_path,
-        cfg.device,
-        emb.epochs,
-        event_loader(train_set, shuffle=True),
-        event_loader(val_set, shuffle=False),
-        log,
+        train_loader=event_loader(train_set, shuffle=True),
+        val_loader=event_loader(val_set, shuffle=False),
+        epochs=emb.epochs,
+        device=cfg.device,
+        ckpt_path=ckpt_path,
+        log=log,
     )
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}

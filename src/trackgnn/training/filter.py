@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -29,10 +29,10 @@ from trackgnn.models.filter import FilterNet
 from trackgnn.models.mlp import angle_columns
 from trackgnn.training.checkpoint import (
     ResumableModule,
-    fit_resumable,
     input_fingerprint,
     resume_key,
 )
+from trackgnn.training.driver import MetricsSink, TrainedStage, train_stage
 from trackgnn.training.embedding import EventDataset, event_loader
 from trackgnn.training.schedule import one_cycle_optimization
 
@@ -160,12 +160,13 @@ def train_filter(
     train_graph_files: Sequence[str | os.PathLike[str]],
     val_graph_files: Sequence[str | os.PathLike[str]],
     ckpt_path: str | os.PathLike[str],
-    log: Callable[[dict[str, float], int], None] | None = None,
-) -> dict[str, float]:
+    log: MetricsSink | None = None,
+) -> TrainedStage:
     """Train the filter on graph files; write ``ckpt_path`` (resumes a killed run).
 
     Uses ``filter``, ``evaluation.signal_pt``/``min_hits`` (validation signal efficiency),
-    ``seed`` and ``device``. Returns the last epoch's logged metrics.
+    ``seed`` and ``device``. Returns the trainer, the last epoch's logged metrics and the
+    number of parameters.
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     train_set = EventDataset(train_graph_files, FILTER_BATCH_KEYS)
@@ -204,14 +205,13 @@ def train_filter(
     settings = training_settings(cfg, "filter")
     files = input_fingerprint(train_set.files)
     module = FilterModule(model, train, resume_key("filter", model, settings, files))
-    trainer = fit_resumable(
+    return train_stage(
         module,
         "filter",
-        ckpt_path,
-        cfg.device,
-        flt.epochs,
-        event_loader(train_set, shuffle=True),
-        event_loader(val_set, shuffle=False),
-        log,
+        train_loader=event_loader(train_set, shuffle=True),
+        val_loader=event_loader(val_set, shuffle=False),
+        epochs=flt.epochs,
+        device=cfg.device,
+        ckpt_path=ckpt_path,
+        log=log,
     )
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
