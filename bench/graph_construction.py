@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import multiprocessing
-import resource
 import statistics
 import sys
 import tempfile
@@ -47,11 +46,8 @@ from trackgnn.geometry import Detector
 from trackgnn.io import save_tensors
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.filter import FilterNet
+from trackgnn.process import peak_rss_mb
 from trackgnn.simulation import simulate_event
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def fresh_checkpoint(kind: str, model: torch.nn.Module, path: Path) -> None:

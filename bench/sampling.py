@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ import torch
 from trackgnn.errors import InputError, TrackGNNError
 from trackgnn.graph.csr import SamplingGraph, build_sampling_graph
 from trackgnn.graph.shadow import ShadowSampler, epoch_roots, make_sampler
+from trackgnn.process import peak_rss_mb
 
 NODE_FEATURES = 12
 TARGET_OVER_REFERENCE = 4.0
@@ -117,9 +117,7 @@ class PeakRSS:
         hwm = self._status_kb("VmHWM") if self.scope == "measurement" else None
         if hwm is None:
             self.scope = "process"
-            # ru_maxrss is KiB on Linux, bytes on macOS
-            scale = 1024 * 1024 if sys.platform == "darwin" else 1024
-            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+            self.peak_mb = peak_rss_mb()
         else:
             self.peak_mb = hwm / 1024
 

@@ -28,7 +28,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -38,6 +37,7 @@ import pandas as pd  # noqa: E402
 
 from trackgnn.geometry import Detector  # noqa: E402
 from trackgnn.io import Event  # noqa: E402
+from trackgnn.process import peak_rss_mb  # noqa: E402
 from trackgnn.simulation import simulate_event  # noqa: E402
 from trackgnn.simulation.weights import decode_particle_id  # noqa: E402
 
@@ -152,7 +152,7 @@ def main() -> None:
                 "kind": "memory",
                 "mu": mu,
                 "peak_traced_mb": {k: round(v / 2**20, 1) for k, v in stage_memory.items()},
-                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "max_rss_mb": round(peak_rss_mb(), 1),
             }
         )
         medians.append(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ def _child(mode: str, mu: float, edges_per_hit: float, seed: int, device: str) -
     from trackgnn.geometry import Detector
     from trackgnn.models.edges import hit_edge_features
     from trackgnn.models.interaction_gnn import InteractionGNN
+    from trackgnn.process import peak_rss_mb
     from trackgnn.simulation import simulate_event
 
     torch.manual_seed(seed)
@@ -76,14 +76,14 @@ def _child(mode: str, mu: float, edges_per_hit: float, seed: int, device: str) -
     optimizer.zero_grad()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    before = peak_rss_mb()
     start = time.perf_counter()
     logits = model(x_b, ea_b, ei_b)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_b)
     loss.backward()
     optimizer.step()
     step_s = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    after = peak_rss_mb()
     out = {
         "mode": mode,
         "mu": mu,
