@@ -223,8 +223,8 @@ def check_train_step(
     feats: dict, edges: torch.Tensor, y: torch.Tensor, device: torch.device, reps: int, args
 ) -> None:
     cfg = config_from_dict({}, "defaults").gnn
-    edge_attr = hit_edge_features(feats["r"], feats["phi"], feats["z"], feats["eta"], edges)
-    x = feats["x"]
+    edge_attr = hit_edge_features(feats.r, feats.phi, feats.z, feats.eta, edges)
+    x = feats.x
     n = x.shape[0]
     sampler = make_sampler(
         "bulk",
@@ -342,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     event, _ = simulate_event(Detector.load(), event_id=1, mu=args.mu, seed=args.seed)
     feats = build_features(event)
-    n = feats["x"].shape[0]
-    true_edges = feats["truth_edges"]
+    n = feats.x.shape[0]
+    true_edges = feats.truth_edges
     n_fake = max(0, int(args.edges_per_hit * n) - true_edges.shape[1])
     fake = torch.randint(0, n, (2, n_fake), generator=torch.Generator().manual_seed(args.seed))
     fake = fake[:, fake[0] != fake[1]]
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     if "radius" in args.checks:
-        phi, r, z = feats["phi"], feats["r"], feats["z"]
+        phi, r, z = feats.phi, feats.r, feats.z
         pos = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], 1).float() / 1000.0
         check_radius(pos.contiguous(), r, device, args.reps)
     if "components" in args.checks:

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         for mu in args.mu:
             event, _ = simulate_event(detector, 1000, mu, args.seed)
             features = build_features(event)
-            n_hits = len(features["hit_id"])
+            n_hits = len(features.hit_id)
             feature_file = tmp / f"features-mu{mu:g}.pt"
             save_tensors(features, feature_file)
             common = {
@@ -210,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                 emit(record)
             torch.set_num_threads(args.threads)
             with torch.no_grad():
-                emb = embedding.embed(features["x"], cfg.graph.chunk_size)
+                emb = embedding.embed(features.x, cfg.graph.chunk_size)
             emit(
                 {
                     **common,
                     "stage": "radius_search",
-                    **time_radius_search(emb, features["r"], cfg, args.repeats),
+                    **time_radius_search(emb, features.r, cfg, args.repeats),
                 }
             )
     return 0

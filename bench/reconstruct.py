@@ -80,22 +80,20 @@ def compare_searches(
     """Time the configured radius search and the exact flat one on one embedding; recalls."""
     data = build_features(read_event(prefix))
     with torch.no_grad():
-        emb = models.embedding.embed(data["x"].to(resolve_device(cfg.device)), cfg.graph.chunk_size)
+        emb = models.embedding.embed(data.x.to(resolve_device(cfg.device)), cfg.graph.chunk_size)
     g = cfg.graph
     graphs, seconds = {}, {}
     for name, backend in (("configured", g.backend), ("flat", flat_backend)):
         start = time.perf_counter()
-        graphs[name] = radius_graph(emb, data["r"], g.radius, g.k_max, g.chunk_size, backend)
+        graphs[name] = radius_graph(emb, data.r, g.radius, g.k_max, g.chunk_size, backend)
         seconds[name] = time.perf_counter() - start
     n_hits = len(emb)
     fast, exact = edge_keys(graphs["configured"], n_hits), edge_keys(graphs["flat"], n_hits)
     kept = np.isin(exact, fast)
     # Signal truth edges of the exact graph: truth-graph edges between hits of signal particles.
     cuts = evaluation_cuts(cfg)
-    signal = signal_hits(
-        data["particle_id"], data["pt"], data["nhits"], cuts.signal_pt, cuts.min_hits
-    )
-    truth = data["truth_edges"]
+    signal = signal_hits(data.particle_id, data.pt, data.nhits, cuts.signal_pt, cuts.min_hits)
+    truth = data.truth_edges
     truth = truth[:, signal[truth[0]] & signal[truth[1]]]
     truth_keys = np.union1d(edge_keys(truth, n_hits), edge_keys(truth.flip(0), n_hits))
     signal_exact = np.isin(exact, truth_keys)

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trackgnn.errors import InputError, TrackGNNError
+from trackgnn.errors import TrackGNNError
+from trackgnn.event_data import load_graph
 from trackgnn.graph.csr import SamplingGraph, build_sampling_graph
 from trackgnn.graph.shadow import ShadowSampler, epoch_roots, make_sampler
 from trackgnn.process import peak_rss_mb
@@ -59,29 +60,9 @@ def synthetic_graph(num_nodes: int, out_degree: int, window: int, seed: int) -> 
 
 
 def load_graph_file(path: Path) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor | None]:
-    """``edge_index``, vertex count, ``x`` and optional ``y`` of a saved event graph."""
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise InputError(path, "no such file") from None
-    except Exception as error:
-        raise InputError(
-            path, f"not a readable torch.save file ({error.__class__.__name__})"
-        ) from error
-    if not isinstance(data, dict):
-        raise InputError(path, f"expected a dict of tensors, got {type(data).__name__}")
-    for key in ("edge_index", "x"):
-        if not isinstance(data.get(key), torch.Tensor):
-            raise InputError(path, f"missing tensor {key!r}")
-    x = data["x"]
-    if x.dim() != 2:
-        raise InputError(path, f"x must be [num_nodes, features], got shape {list(x.shape)}")
-    y = data.get("y")
-    if y is not None and (
-        not isinstance(y, torch.Tensor) or y.shape[0] != data["edge_index"].shape[1]
-    ):
-        raise InputError(path, "y must be a tensor with one entry per edge")
-    return data["edge_index"], int(x.shape[0]), x, y
+    """``edge_index``, vertex count, ``x`` and same-particle labels ``y`` of an event graph file."""
+    graph = load_graph(path)
+    return graph.edge_index, graph.n_hits, graph.x, graph.y_pid
 
 
 class PeakRSS:

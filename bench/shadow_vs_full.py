@@ -149,9 +149,9 @@ def main() -> None:
     import torch
 
     from trackgnn.config import load_config
+    from trackgnn.event_data import load_graph
     from trackgnn.io import load_tensors
     from trackgnn.models.mlp import angle_columns
-    from trackgnn.scoring import load_event_graph
     from trackgnn.workflow import WorkflowContext
 
     if args.quick:
@@ -172,8 +172,8 @@ def main() -> None:
     missing = [str(f) for f in train_files + val_files if not f.exists()]
     if missing:
         sys.exit(f"{missing[0]}: missing; run the pipeline of {args.config} first")
-    train_graphs = [load_event_graph(f) for f in train_files]
-    val_graphs = [load_event_graph(f) for f in val_files]
+    train_graphs = [load_graph(f).to_batch() for f in train_files]
+    val_graphs = [load_graph(f).to_batch() for f in val_files]
     phi_col = angle_columns(load_tensors(train_files[0]).get("feature_names"))[0]
     setup = {
         "config": args.config,

@@ -35,19 +35,19 @@ def _child(mode: str, mu: float, edges_per_hit: float, seed: int, device: str) -
     cfg = config_from_dict({})
     event, _ = simulate_event(Detector.load(), event_id=1, mu=mu, seed=seed)
     feats = build_features(event)
-    n = feats["x"].shape[0]
-    true_edges = feats["truth_edges"]
+    n = feats.x.shape[0]
+    true_edges = feats.truth_edges
     n_fake = max(0, int(edges_per_hit * n) - true_edges.shape[1])
     fake = torch.randint(0, n, (2, n_fake))
     edge_index = torch.cat([true_edges, fake], 1)
     y = torch.cat([torch.ones(true_edges.shape[1]), torch.zeros(n_fake)])
-    edge_attr = hit_edge_features(feats["r"], feats["phi"], feats["z"], feats["eta"], edge_index)
+    edge_attr = hit_edge_features(feats.r, feats.phi, feats.z, feats.eta, edge_index)
     g = cfg.gnn
     model = InteractionGNN(
-        feats["x"].shape[1], hidden=g.hidden, n_iterations=g.n_iterations, mlp_layers=g.mlp_layers
+        feats.x.shape[1], hidden=g.hidden, n_iterations=g.n_iterations, mlp_layers=g.mlp_layers
     ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=g.lr)
-    x = feats["x"].to(device)
+    x = feats.x.to(device)
     if mode == "shadow":
         from trackgnn.graph.csr import build_sampling_graph
         from trackgnn.graph.shadow import make_sampler

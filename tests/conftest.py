@@ -104,9 +104,41 @@ def toy_graph(seed: int, n_tracks: int = 24, hits: int = 8, n_fake: int = 300) -
     true_edges = torch.stack([idx[:, :-1].flatten(), idx[:, 1:].flatten()])
     fake = torch.randint(0, len(r), (2, n_fake), generator=gen)
     edge_index = torch.cat([true_edges, fake], 1)
-    y = track[edge_index[0]] == track[edge_index[1]]
     x = torch.stack([r / 1000, phi / torch.pi, z / 1000, eta / 4], 1)
-    return {"x": x, "r": r, "phi": phi, "z": z, "eta": eta, "edge_index": edge_index, "y_pid": y}
+    return graph_file_contents(seed, x, r, phi, z, eta, track, true_edges, edge_index)
+
+
+def graph_file_contents(
+    event_id: int,
+    x: torch.Tensor,
+    r: torch.Tensor,
+    phi: torch.Tensor,
+    z: torch.Tensor,
+    eta: torch.Tensor,
+    track: torch.Tensor,
+    true_edges: torch.Tensor,
+    edge_index: torch.Tensor,
+) -> dict:
+    """A complete graph file (``trackgnn.event_data.EventGraph``) of toy tracks: particle
+    ``track + 1`` per hit, pT 1 GeV, labels from ``track``."""
+    y = track[edge_index[0]] == track[edge_index[1]]
+    n = len(r)
+    return {
+        "event_id": torch.tensor(event_id),
+        "hit_id": torch.arange(1, n + 1),
+        "x": x,
+        "r": r,
+        "phi": phi,
+        "z": z,
+        "eta": eta,
+        "particle_id": track + 1,
+        "pt": torch.ones(n),
+        "nhits": torch.bincount(track)[track],
+        "truth_edges": true_edges,
+        "edge_index": edge_index,
+        "y": y,
+        "y_pid": y,
+    }
 
 
 def one_line_error(output: str, prefix: str) -> str:

@@ -152,7 +152,7 @@ def test_mismatched_checkpoints_are_refused(trained, tmp_path):
 
     # A model trained on 8 features applied to an event with 6.
     narrow = synthetic_features(9, n_particles=10, n_noise=5)
-    narrow["x"] = narrow["x"][:, :6]
+    narrow["x"], narrow["feature_names"] = narrow["x"][:, :6], narrow["feature_names"][:6]
     save_tensors(narrow, tmp_path / "narrow.pt")
     with pytest.raises(CheckpointError, match="expects 8 hit features"):
         build_graph(cfg, ckpt, tmp_path / "narrow.pt", tmp_path / "graph6.pt")

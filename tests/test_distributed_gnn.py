@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from trackgnn.config import config_from_dict
-from trackgnn.scoring import GraphBatch, load_event_graph
+from trackgnn.event_data import EventGraph, GraphBatch, load_graph
 from trackgnn.training.gnn import GNNModule, interleave_shards, validation_loader
 from trackgnn.training.gnn_streams import (
     FullGraphStream,
@@ -88,9 +88,7 @@ def test_validation_shards_interleave_back_to_event_order(world: int) -> None:
 
 
 def load_event_graph_from(event: dict) -> GraphBatch:
-    from trackgnn.scoring import event_graph
-
-    return event_graph(event, "toy")
+    return EventGraph.from_dict(event, "toy").to_batch()
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -232,7 +230,7 @@ def _validate(files: list[str], rank: int, world: int) -> dict[str, float]:
         enable_checkpointing=False,
         use_distributed_sampler=False,  # as in train_gnn: the loader is this rank's share
     )
-    graphs = [load_event_graph(f) for f in files]
+    graphs = [load_graph(f).to_batch() for f in files]
     trainer.validate(module, validation_loader(graphs, rank, world), verbose=False)
     return {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
 
@@ -295,7 +293,7 @@ def test_three_ranks_train_full_graph_and_shadow_with_remainders(
     event_files: list[str], tmp_path: Path
 ) -> None:
     train = event_files[:4]  # 4 graphs over 3 ranks: the last step trains on 1
-    graph = union_graph([load_event_graph(f) for f in train])
+    graph = union_graph([load_graph(f).to_batch() for f in train])
     n_roots = int((torch.bincount(graph.edge_index.flatten()) > 0).sum())
     batch = next(b for b in range(64, n_roots) if n_roots % b == 2)  # last step: 2 roots, 3 ranks
     result = _torchrun(

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from trackgnn.config import config_from_dict
-from trackgnn.graph.construction import build_graph, load_event
+from trackgnn.event_data import load_graph
+from trackgnn.graph.construction import build_graph
 from trackgnn.graph.truth import undirected_keys
 from trackgnn.io import load_tensors, save_tensors
 from trackgnn.models.embedding import EmbeddingNet
@@ -195,24 +196,24 @@ def test_train_embedding_learns_and_build_graph_writes_labelled_graph(tmp_path):
 
     out = tmp_path / "graph" / "event000000004.pt"
     stage = build_graph(cfg, ckpt, files[3], out)
-    graph = load_event(out, graph=True)
-    edges = graph["edge_index"]
+    graph = load_graph(out)
+    edges = graph.edge_index
     assert edges.shape[1] == stage["n_edges"] > 0
     # Stored once, inner -> outer, no self loops.
-    r = graph["r"]
+    r = graph.r
     assert (r[edges[0]] <= r[edges[1]]).all() and (edges[0] != edges[1]).all()
     keys = undirected_keys(edges, len(r))
     assert len(torch.unique(keys)) == len(keys)
     # Labels: y = truth-graph edge in either orientation, y_pid = same non-noise particle.
-    truth_keys = undirected_keys(graph["truth_edges"], len(r))
-    assert torch.equal(graph["y"], torch.isin(keys, truth_keys))
-    pid = graph["particle_id"]
-    assert torch.equal(graph["y_pid"], (pid[edges[0]] == pid[edges[1]]) & (pid[edges[0]] > 0))
-    assert stage["n_true"] == int(graph["y"].sum())
+    truth_keys = undirected_keys(graph.truth_edges, len(r))
+    assert torch.equal(graph.y, torch.isin(keys, truth_keys))
+    pid = graph.particle_id
+    assert torch.equal(graph.y_pid, (pid[edges[0]] == pid[edges[1]]) & (pid[edges[0]] > 0))
+    assert stage["n_true"] == int(graph.y.sum())
     assert stage["efficiency_all"] == pytest.approx(stage["n_true"] / stage["n_truth"])
     # The features travel along unchanged.
     features = load_tensors(files[3])
-    assert torch.equal(graph["x"], features["x"])
+    assert torch.equal(graph.x, features["x"])
 
 
 def test_each_event_gives_steps_per_event_optimizer_steps(tmp_path):

@@ -31,7 +31,8 @@ from trackgnn.evaluation.report import (
     read_timing,
     summarize_timing,
 )
-from trackgnn.io import Event, save_tensors, write_event
+from trackgnn.event_data import EventGraph, save_event
+from trackgnn.io import Event, write_event
 
 # --------------------------------------------------------------------------- hand-made event
 # particle_id: (pT [GeV], eta, charge, hits in the event)
@@ -400,9 +401,19 @@ def test_roc_auc_matches_pair_counting():
     assert roc_auc(np.array([0.5, 0.7]), np.array([True, True])) is None
 
 
-def make_graph(with_scores: bool = True) -> dict[str, torch.Tensor]:
+def make_graph(with_scores: bool = True, **changes: torch.Tensor) -> EventGraph:
     """Six hits: particle 1 (signal) on hits 0-2, particle 2 (0.3 GeV) on 3-4, noise on 5."""
+    return EventGraph.from_dict(graph_contents(with_scores) | changes, "g.pt")
+
+
+def graph_contents(with_scores: bool = True) -> dict[str, torch.Tensor]:
     graph = {
+        "event_id": torch.tensor(1),
+        "x": torch.zeros(6, 3),
+        "r": torch.arange(1.0, 7.0),
+        "phi": torch.zeros(6),
+        "z": torch.zeros(6),
+        "eta": torch.zeros(6),
         "hit_id": torch.arange(1, 7),
         "particle_id": torch.tensor([1, 1, 1, 2, 2, 0]),
         "pt": torch.tensor([1.0, 1.0, 1.0, 0.3, 0.3, 0.0]),
@@ -440,25 +451,24 @@ def test_edge_metrics_hand_computed():
 
 
 def test_edge_metrics_signal_needs_enough_hits():
-    graph = make_graph()
-    graph["nhits"] = torch.tensor([4, 4, 4, 5, 5, 0])
+    graph = make_graph(nhits=torch.tensor([4, 4, 4, 5, 5, 0]))
     result = edge_metrics(graph, score_cut=0.5)
     assert result["n_signal_truth"] == 0 and result["efficiency"] is None
 
 
-def test_edge_metrics_validate_the_graph():
-    graph = make_graph()
-    del graph["y_pid"]
-    with pytest.raises(TrackGNNError, match=r"g\.pt: missing key"):
-        edge_metrics(graph, source="g.pt")
-    graph = make_graph()
-    graph["scores"] = torch.ones(3)
-    with pytest.raises(TrackGNNError, match="scores has shape"):
-        edge_metrics(graph)
-    graph = make_graph()
-    graph["edge_index"] = graph["edge_index"] + 3
-    with pytest.raises(TrackGNNError, match="outside"):
-        edge_metrics(graph)
+def test_graph_contents_are_checked_with_the_file_named():
+    contents = graph_contents()
+    del contents["y_pid"]
+    with pytest.raises(TrackGNNError, match=r"g\.pt: missing key\(s\) y_pid"):
+        EventGraph.from_dict(contents, "g.pt")
+    with pytest.raises(TrackGNNError, match=r"g\.pt: scores must have shape \[6\]"):
+        make_graph(scores=torch.ones(3))
+    with pytest.raises(TrackGNNError, match=r"edge_index refers to hits outside 0\.\.5"):
+        make_graph(edge_index=graph_contents()["edge_index"] + 3)
+    with pytest.raises(TrackGNNError, match="truth_edges must be int64"):
+        make_graph(truth_edges=torch.tensor([[0.0], [1.0]]))
+    with pytest.raises(TrackGNNError, match="pt must have shape"):
+        make_graph(pt=torch.ones(5))
 
 
 def test_aggregate_edge_metrics_pools_counts():
@@ -518,7 +528,7 @@ def test_evaluate_events_writes_the_full_report(tmp_path):
         graphs = {}
         for stage in ("gnn", "graph", "filter"):  # not in pipeline order: the report sorts
             graphs[stage] = tmp_path / stage / f"event{event_id:09d}.pt"
-            save_tensors(make_graph(with_scores=stage != "graph"), graphs[stage])
+            save_event(make_graph(with_scores=stage != "graph"), graphs[stage])
         events.append(EventInputs(prefix, tracks, graphs))
     timing = {
         "graph": [tmp_path / "t_graph.json"],

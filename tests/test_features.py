@@ -30,16 +30,16 @@ def test_truth_graph_orders_by_distance_not_by_input_order() -> None:
 
 def test_build_features_values() -> None:
     feats = build_features(small_event())
-    assert feats["x"].shape == (6, 8) and feats["x"].dtype == torch.float32
+    assert feats.x.shape == (6, 8) and feats.x.dtype == torch.float32
     r = torch.hypot(torch.tensor([30.0, 70, 115, 0, 0, 50]), torch.tensor([1.0, 2, 3, 32, 72, 50]))
-    torch.testing.assert_close(feats["r"], r)
+    torch.testing.assert_close(feats.r, r)
     # hit 1 has two cells: count 2, extent u 2 (ch0 10..11), extent v 1
-    torch.testing.assert_close(feats["x"][0, 4:], torch.log1p(torch.tensor([2.0, 0.15, 2.0, 1.0])))
-    assert feats["particle_id"][5] == 0 and feats["pt"][5] == 0
-    torch.testing.assert_close(feats["pt"][:3], torch.ones(3))
-    assert feats["nhits"].tolist() == [3, 3, 3, 2, 2, 0]
-    assert feats["primary"][:5].all()
-    assert feats["truth_edges"].T.tolist() == [[0, 1], [1, 2], [3, 4]]
+    torch.testing.assert_close(feats.x[0, 4:], torch.log1p(torch.tensor([2.0, 0.15, 2.0, 1.0])))
+    assert feats.particle_id[5] == 0 and feats.pt[5] == 0
+    torch.testing.assert_close(feats.pt[:3], torch.ones(3))
+    assert feats.nhits.tolist() == [3, 3, 3, 2, 2, 0]
+    assert feats.primary[:5].all()
+    assert feats.truth_edges.T.tolist() == [[0, 1], [1, 2], [3, 4]]
 
 
 def test_features_without_truth() -> None:
@@ -47,5 +47,5 @@ def test_features_without_truth() -> None:
     event.truth = None
     event.particles = None
     feats = build_features(event)
-    assert feats["truth_edges"].shape == (2, 0)
-    assert (feats["particle_id"] == 0).all()
+    assert feats.truth_edges.shape == (2, 0)
+    assert (feats.particle_id == 0).all()

@@ -11,7 +11,8 @@ import torch
 
 from tests.test_embedding import synthetic_features, tiny_config
 from trackgnn.errors import CheckpointError
-from trackgnn.graph.construction import filter_graph, load_event
+from trackgnn.event_data import load_graph
+from trackgnn.graph.construction import filter_graph
 from trackgnn.graph.radius import radius_graph
 from trackgnn.graph.truth import edge_labels
 from trackgnn.io import save_tensors
@@ -156,24 +157,24 @@ def test_train_filter_then_filter_graph_removes_edges_under_the_cut(tmp_path):
 
     out = tmp_path / "filter" / "event000000013.pt"
     stage = filter_graph(cfg, ckpt, files[2], out)
-    before = load_event(files[2], graph=True)
-    after = load_event(out, graph=True)
-    assert stage["n_edges_in"] == before["edge_index"].shape[1]
-    assert stage["n_edges"] == after["edge_index"].shape[1] < before["edge_index"].shape[1]
-    assert (after["scores"] >= 0.5).all()
+    before = load_graph(files[2])
+    after = load_graph(out)
+    assert stage["n_edges_in"] == before.edge_index.shape[1]
+    assert stage["n_edges"] == after.edge_index.shape[1] < before.edge_index.shape[1]
+    assert (after.scores >= 0.5).all()
     # Kept edges are the input edges whose score passes, with their labels.
     model = FilterNet(**torch.load(ckpt, weights_only=True)["hyper_parameters"]["model"])
     model.load_state_dict(
         {k[6:]: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items()}
     )
-    geometry = geometry_tensor(before["r"], before["phi"], before["z"], before["eta"])
-    scores = model.scores(before["x"], geometry, before["edge_index"])
+    geometry = geometry_tensor(before.r, before.phi, before.z, before.eta)
+    scores = model.scores(before.x, geometry, before.edge_index)
     keep = scores >= 0.5
-    assert torch.equal(after["edge_index"], before["edge_index"][:, keep])
-    assert torch.equal(after["y"], before["y"][keep])
-    assert torch.allclose(after["scores"], scores[keep])
+    assert torch.equal(after.edge_index, before.edge_index[:, keep])
+    assert torch.equal(after.y, before.y[keep])
+    assert torch.allclose(after.scores, scores[keep])
     assert stage["auc"] > 0.9
-    assert stage["efficiency_all"] == pytest.approx(int(after["y"].sum()) / stage["n_truth"])
+    assert stage["efficiency_all"] == pytest.approx(int(after.y.sum()) / stage["n_truth"])
 
 
 def test_filter_stage_rejects_an_embedding_checkpoint(tmp_path):
@@ -196,7 +197,7 @@ def test_each_event_gives_steps_of_batch_edges_and_the_schedule_spans_them(tmp_p
     train_filter(cfg, files[:2], files[2:], ckpt)
     expected = 0
     for path in files[:2]:
-        y = load_event(path, graph=True)["y"].bool()
+        y = load_graph(path).y.bool()
         n_true = int(y.sum())
         n_negative = min(math.ceil(max(n_true, 1)), len(y) - n_true)
         expected += math.ceil((n_true + 2 * n_negative) / batch_edges)

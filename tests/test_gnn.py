@@ -12,10 +12,13 @@ import torch
 
 from trackgnn.config import config_from_dict
 from trackgnn.errors import CheckpointError
+from trackgnn.event_data import EventGraph, GraphBatch
 from trackgnn.io import save_tensors
 from trackgnn.models.interaction_gnn import InteractionGNN, InteractionLayer
 from trackgnn.scoring import edge_classification_metrics, score_edges
 from trackgnn.training.gnn import train_gnn
+
+from .conftest import graph_file_contents
 
 ROOT = Path(__file__).parents[1]
 
@@ -36,20 +39,8 @@ def toy_event(seed: int, n_tracks: int = 30, hits_per_track: int = 8, n_fake: in
     fake = torch.randint(0, n, (2, n_fake), generator=gen)
     fake = fake[:, track[fake[0]] != track[fake[1]]]
     edge_index = torch.cat([true_edges, fake], 1)
-    y = track[edge_index[0]] == track[edge_index[1]]
     x = torch.stack([r / 1000, phi / torch.pi, z / 1000, eta / 4], 1)
-    return {
-        "hit_id": torch.arange(1, n + 1),
-        "x": x,
-        "r": r,
-        "phi": phi,
-        "z": z,
-        "eta": eta,
-        "edge_index": edge_index,
-        "y": y,
-        "y_pid": y,
-        "particle_id": track + 1,
-    }
+    return graph_file_contents(seed, x, r, phi, z, eta, track, true_edges, edge_index)
 
 
 def write_toy_events(directory: Path, count: int, **toy: int) -> list[str]:
@@ -100,17 +91,17 @@ def test_disjoint_components_are_scored_independently(skip: str) -> None:
         g = load_event_graph_from_dict(ev)
         return model(g[0], g[1], g[2])
 
-    union = {k: torch.cat([a[k], b[k]]) for k in ("x", "r", "phi", "z", "eta")}
+    union = {k: torch.cat([a[k], b[k]]) for k in a if a[k].ndim == 1 or k == "x"}
+    union["event_id"] = a["event_id"]
     union["edge_index"] = torch.cat([a["edge_index"], b["edge_index"] + len(a["x"])], 1)
+    union["truth_edges"] = torch.cat([a["truth_edges"], b["truth_edges"] + len(a["x"])], 1)
     out = run(union)
     torch.testing.assert_close(out, torch.cat([run(a), run(b)]), atol=1e-5, rtol=1e-5)
 
 
 def load_event_graph_from_dict(ev: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from trackgnn.models.edges import hit_edge_features
-
-    ea = hit_edge_features(ev["r"], ev["phi"], ev["z"], ev["eta"], ev["edge_index"])
-    return ev["x"], ea, ev["edge_index"]
+    batch = EventGraph.from_dict(ev, "toy").to_batch()
+    return batch.x, batch.edge_attr, batch.edge_index
 
 
 def test_gradient_checkpointing_gives_same_outputs_and_gradients() -> None:
@@ -261,7 +252,6 @@ def test_ddp_two_ranks_one_allreduce_per_step(graph_files: list[str], tmp_path: 
 
 
 def test_phi_sectors_partition_the_edges_by_inner_hit_azimuth() -> None:
-    from trackgnn.scoring import GraphBatch
     from trackgnn.training.gnn_streams import split_phi_sectors
 
     torch.manual_seed(5)

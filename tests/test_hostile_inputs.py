@@ -186,7 +186,6 @@ def graph_config(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_tensor_is_an_input_error_naming_file_and_key(tmp_path, value):
     graph = toy_graph(0)
-    graph["hit_id"] = torch.arange(1, graph["x"].shape[0] + 1)
     graph["scores"] = torch.full((graph["edge_index"].shape[1],), 0.9)
     graph["x"][3, 1] = value
     path = tmp_path / "graph.pt"

@@ -143,8 +143,8 @@ def cmd_features(args: argparse.Namespace) -> None:
     for event, output in _pairs("features", args.event, args.output):
         with _timed(output) as figures:
             features = run_features(event, output, require_truth=args.require_truth)
-            figures["n_hits"] = len(features["hit_id"])
-            figures["n_truth_edges"] = features["truth_edges"].shape[1]
+            figures["n_hits"] = features.n_hits
+            figures["n_truth_edges"] = features.truth_edges.shape[1]
         log.info("features: %s -> %s", figures, output)
 
 

@@ -1,7 +1,7 @@
 """Per-hit features and the truth graph of one event (pipeline stage ``features``).
 
-The output is a plain dict of tensors (see :func:`build_features`), saved per event with
-:func:`trackgnn.io.save_tensors`. Every later stage reads it.
+The output is an :class:`trackgnn.event_data.EventHits` (see :func:`build_features`), saved per
+event with :func:`trackgnn.event_data.save_event`. Every later stage reads it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trackgnn.io import Event, read_event, save_tensors
+from trackgnn.event_data import EventHits, save_event
+from trackgnn.io import Event, read_event
 
 FEATURE_NAMES: list[str] = [
     "r",
@@ -99,10 +100,10 @@ def truth_graph(
     return np.stack([hit_index[src], hit_index[dst]]).astype(np.int64)
 
 
-def build_features(event: Event) -> dict[str, object]:
-    """Features, per-hit truth attributes and the truth graph of ``event`` as a dict of tensors.
+def build_features(event: Event) -> EventHits:
+    """Features, per-hit truth attributes and the truth graph of ``event``.
 
-    Keys: ``event_id``, ``hit_id``, ``x`` [N, 8] (normalised features, names in ``feature_names``),
+    Fields: ``event_id``, ``hit_id``, ``x`` [N, 8] (normalised features, ``feature_names``),
     raw ``r, phi, z, eta``, per-hit particle attributes ``particle_id`` (0 = noise), ``pt``,
     ``particle_eta``, ``nhits``, ``primary``, and ``truth_edges`` [2, T]. Without truth, the
     particle attributes are zero and the truth graph empty.
@@ -160,32 +161,32 @@ def build_features(event: Event) -> dict[str, object]:
         )
         truth_edges = truth_graph(signal, pid, distance, layer_key)
 
-    return {
-        "event_id": torch.tensor(event.event_id, dtype=torch.int64),
-        "hit_id": torch.from_numpy(hit_id.astype(np.int64)),
-        "x": torch.from_numpy(features),
-        "feature_names": list(FEATURE_NAMES),
-        "r": torch.from_numpy(r.astype(np.float32)),
-        "phi": torch.from_numpy(phi.astype(np.float32)),
-        "z": torch.from_numpy(z.astype(np.float32)),
-        "eta": torch.from_numpy(eta.astype(np.float32)),
-        "particle_id": torch.from_numpy(particle_id),
-        "pt": torch.from_numpy(pt),
-        "particle_eta": torch.from_numpy(particle_eta),
-        "nhits": torch.from_numpy(nhits),
-        "primary": torch.from_numpy(primary),
-        "truth_edges": torch.from_numpy(truth_edges),
-    }
+    return EventHits(
+        event_id=int(event.event_id),
+        hit_id=torch.from_numpy(hit_id.astype(np.int64)),
+        x=torch.from_numpy(features),
+        feature_names=list(FEATURE_NAMES),
+        r=torch.from_numpy(r.astype(np.float32)),
+        phi=torch.from_numpy(phi.astype(np.float32)),
+        z=torch.from_numpy(z.astype(np.float32)),
+        eta=torch.from_numpy(eta.astype(np.float32)),
+        particle_id=torch.from_numpy(particle_id),
+        pt=torch.from_numpy(pt),
+        particle_eta=torch.from_numpy(particle_eta),
+        nhits=torch.from_numpy(nhits),
+        primary=torch.from_numpy(primary),
+        truth_edges=torch.from_numpy(truth_edges),
+    )
 
 
 def run_features(
     event_prefix: str | Path, output: str | Path, require_truth: bool = False
-) -> dict[str, object]:
+) -> EventHits:
     """Read a TrackML event, build its features and save them atomically to ``output``.
 
     ``require_truth``: the event's truth and particles files must exist (a run that trains or
     evaluates on it); without them the features carry no truth graph.
     """
     features = build_features(read_event(event_prefix, require_truth=require_truth))
-    save_tensors(features, output)
+    save_event(features, output)
     return features

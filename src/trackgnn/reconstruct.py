@@ -86,6 +86,9 @@ class EventResult:
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     figures: dict[str, float] = field(default_factory=dict)
+    #: The event's truth and particles, kept when asked for (evaluation without a second read).
+    truth: pd.DataFrame | None = None
+    particles: pd.DataFrame | None = None
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -266,38 +269,43 @@ def _stage(result: EventResult, name: str) -> Iterator[None]:
     result.peak_rss_mb[name] = peak_rss_mb()
 
 
-def reconstruct_event(cfg: Config, models: Models, prefix: str | os.PathLike[str]) -> EventResult:
+def reconstruct_event(
+    cfg: Config, models: Models, prefix: str | os.PathLike[str], keep_truth: bool = False
+) -> EventResult:
     """Track candidates of one TrackML event: every inference stage, in memory.
 
     Returns the track label of every hit and, per stage of :data:`STAGES`, its seconds and the
-    process's peak RSS after it.
+    process's peak RSS after it; with ``keep_truth`` the event's truth and particles too (their
+    files must exist), read in the same pass.
     """
     event_id = event_id_from_prefix(prefix)
     result = EventResult(event_id, np.zeros(0, np.int64), np.zeros(0, np.int64))
     with _stage(result, "read"):
-        event = read_event(prefix)
+        event = read_event(prefix, require_truth=keep_truth)
+    if keep_truth:
+        result.truth, result.particles = event.truth, event.particles
     if event.cells is None or len(event.cells) == 0:
         raise InputError(find_event_file(prefix, "cells") or prefix, "event has no cells")
     with _stage(result, "features"):
-        data = build_features(event)
+        hits = build_features(event)
     del event
-    graph = connect_hits(cfg, models.embedding, data, timings=result.seconds)
+    graph = connect_hits(cfg, models.embedding, hits, timings=result.seconds)
     result.peak_rss_mb["embedding"] = result.peak_rss_mb["radius"] = peak_rss_mb()
-    n_candidates = graph["edge_index"].shape[1]
+    n_candidates = graph.n_edges
     with _stage(result, "filter"):
         graph, _ = filter_edges(cfg, models.filter, graph)
     with _stage(result, "gnn"):
-        logits = gnn_logits(models.gnn, graph, prefix)
-        graph["scores"] = torch.sigmoid(logits.float()).cpu()
+        logits = gnn_logits(models.gnn, graph)
+        graph = graph.with_scores(torch.sigmoid(logits.float()).cpu())
         del logits
     with _stage(result, "tracks"):
         labels = track_labels(cfg, graph)
-    result.hit_id = graph["hit_id"].numpy()
+    result.hit_id = graph.hit_id.numpy()
     result.labels = labels.cpu().numpy()
     result.figures = {
-        "n_hits": float(len(graph["hit_id"])),
+        "n_hits": float(graph.n_hits),
         "n_candidate_edges": float(n_candidates),
-        "n_filtered_edges": float(graph["edge_index"].shape[1]),
+        "n_filtered_edges": float(graph.n_edges),
         **track_figures(labels),
     }
     return result

@@ -79,7 +79,6 @@ def measure_point(
         event_track_metrics,
     )
     from trackgnn.graph.components import submission_frame
-    from trackgnn.io import read_event
     from trackgnn.models.checkpoint import resolve_device
     from trackgnn.reconstruct import load_models, reconstruct_event
 
@@ -90,20 +89,17 @@ def measure_point(
     signal = cuts.signal_key
     events, counts, particles = [], [], []
     for prefix in prefixes:
-        result = reconstruct_event(cfg, models, prefix)
-        event = read_event(prefix, require_truth=True)
-        assert event.truth is not None and event.particles is not None
-        submission = submission_frame(
-            result.hit_id, result.labels, prefix, event.hits["hit_id"].to_numpy()
-        )
-        figures, match = event_track_metrics(event.truth, event.particles, submission, cuts)
+        result = reconstruct_event(cfg, models, prefix, keep_truth=True)
+        assert result.truth is not None and result.particles is not None
+        submission = submission_frame(result.hit_id, result.labels, prefix)
+        figures, match = event_track_metrics(result.truth, result.particles, submission, cuts)
         counts.append(figures)
         particles.append(match.particles)
         pooled = aggregate_track_metrics([figures], cuts)
         events.append(
             {
                 "event_id": result.event_id,
-                "n_hits": len(event.hits),
+                "n_hits": len(result.hit_id),
                 "seconds": sum(result.seconds.values()),
                 **{f"seconds_{stage}": s for stage, s in result.seconds.items()},
                 "n_candidate_edges": int(result.figures["n_candidate_edges"]),

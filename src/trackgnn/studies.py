@@ -144,11 +144,11 @@ def measure_scaling(
     import torch
     from torch.utils.data import DataLoader
 
-    from trackgnn.io import load_tensors
+    from trackgnn.event_data import load_graph
     from trackgnn.models.checkpoint import resolve_device
     from trackgnn.models.mlp import angle_columns
     from trackgnn.process import process_rank
-    from trackgnn.scoring import KIND, load_event_graph
+    from trackgnn.scoring import KIND
     from trackgnn.training.driver import train_stage
     from trackgnn.training.gnn import (
         EpochStats,
@@ -200,9 +200,9 @@ def measure_scaling(
     rank = process_rank() if world_size > 1 else 0
     if not train_files:
         raise TrackGNNError("scaling study: no training events")
-    graphs = [load_event_graph(f) for f in train_files]
-    names = load_tensors(train_files[0]).get("feature_names")
-    phi_columns = angle_columns(names if isinstance(names, list) else None)
+    events = [load_graph(f) for f in train_files]
+    graphs = [event.to_batch() for event in events]
+    phi_columns = angle_columns(events[0].feature_names)
 
     # Repeat the events until one pass over the data covers warm-up plus workload: the timed
     # window then never crosses an epoch boundary. Repeats share tensors (full) or are copies

@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from trackgnn.config import Config
+from trackgnn.errors import InputError
+from trackgnn.event_data import EventGraph, load_graph
 from trackgnn.graph.components import build_tracks, write_submission
-from trackgnn.io import load_tensors
 from trackgnn.models.checkpoint import resolve_device
 
 
-def track_labels(cfg: Config, graph: dict[str, Any]) -> torch.Tensor:
-    """Track label ``[N]`` of each hit (``-1``: in no track) from a scored graph.
+def track_labels(cfg: Config, graph: EventGraph) -> torch.Tensor:
+    """Track label ``[N]`` of each hit (``-1``: in no track) from a graph scored by the GNN.
 
-    The track-building stage in memory: ``graph`` holds ``hit_id``, ``edge_index`` and the GNN
-    ``scores``; the ``tracks`` section of ``cfg`` sets the cut, minimum length and method.
+    The track-building stage in memory; the ``tracks`` section of ``cfg`` sets the cut, minimum
+    length and method.
     """
     device = torch.device(resolve_device(cfg.device))
     t = cfg.tracks
     return build_tracks(
-        num_nodes=len(graph["hit_id"]),
-        edge_index=graph["edge_index"],
-        scores=graph["scores"],
+        num_nodes=graph.n_hits,
+        edge_index=graph.edge_index,
+        scores=graph.scores,
         score_cut=t.score_cut,
         min_length=t.min_length,
         method=t.method,
@@ -37,9 +37,11 @@ def run_build_tracks(cfg: Config, graph_file: str | Path, out: str | Path) -> di
 
     Returns per-event figures: number of tracks, hits in tracks.
     """
-    graph = load_tensors(graph_file, required=("hit_id", "edge_index", "scores"))
+    graph = load_graph(graph_file)
+    if graph.scores is None:
+        raise InputError(graph_file, "missing key(s) scores (not scored by the GNN)")
     labels = track_labels(cfg, graph)
-    write_submission(graph["hit_id"], labels, out)
+    write_submission(graph.hit_id, labels, out)
     return track_figures(labels)
 
 

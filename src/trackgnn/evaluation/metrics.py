@@ -15,7 +15,7 @@ the denominator is empty (e.g. no signal particle in the events).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from trackgnn.evaluation.matching import (
 )
 from trackgnn.evaluation.score import trackml_score
 
+if TYPE_CHECKING:
+    from trackgnn.event_data import EventGraph
+
 Estimate = dict[str, float | None]
 
 # Ratio metrics: name -> (numerator count, denominator count), counts from event_counts.
@@ -42,7 +45,6 @@ TRACK_RATIOS: dict[str, tuple[str, str]] = {
 }
 TRACK_METRICS = (*TRACK_RATIOS, "trackml_score")
 
-GRAPH_KEYS = ("hit_id", "particle_id", "pt", "nhits", "truth_edges", "edge_index", "y", "y_pid")
 
 PT_BIN_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0)
 ETA_BIN_EDGES = tuple(np.round(np.linspace(-4.0, 4.0, 21), 6))
@@ -175,30 +177,6 @@ def roc_auc(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
     return float(u_statistic / (n_positive * n_negative))
 
 
-def _check_graph_dict(graph: Mapping[str, Any], source: str) -> None:
-    missing = [key for key in GRAPH_KEYS if key not in graph]
-    if missing:
-        raise TrackGNNError(f"{source}: missing key(s) {', '.join(missing)}")
-    n_hits = graph["hit_id"].shape[0]
-    for key in ("particle_id", "pt", "nhits"):
-        if graph[key].shape != (n_hits,):
-            raise TrackGNNError(
-                f"{source}: {key} has shape {list(graph[key].shape)}, not [{n_hits}]"
-            )
-    for key in ("truth_edges", "edge_index"):
-        edges = graph[key]
-        if edges.dim() != 2 or edges.shape[0] != 2:
-            raise TrackGNNError(f"{source}: {key} has shape {list(edges.shape)}, not [2, E]")
-        if edges.numel() and (edges.min() < 0 or edges.max() >= n_hits):
-            raise TrackGNNError(f"{source}: {key} has node indices outside [0, {n_hits})")
-    n_edges = graph["edge_index"].shape[1]
-    for key in ("y", "y_pid", "scores"):
-        if key in graph and graph[key].shape != (n_edges,):
-            raise TrackGNNError(
-                f"{source}: {key} has shape {list(graph[key].shape)}, not [{n_edges}]"
-            )
-
-
 def _undirected_keys(edges: torch.Tensor, n_hits: int) -> torch.Tensor:
     low = torch.minimum(edges[0], edges[1]).long()
     high = torch.maximum(edges[0], edges[1]).long()
@@ -206,7 +184,7 @@ def _undirected_keys(edges: torch.Tensor, n_hits: int) -> torch.Tensor:
 
 
 def edge_metrics(
-    graph: Mapping[str, Any],
+    graph: EventGraph,
     score_cut: float | None = None,
     cuts: EvaluationCuts = DEFAULT_CUTS,
     source: str = "graph",
@@ -222,25 +200,24 @@ def edge_metrics(
     joining two hits of one non-noise particle), ``edges_per_hit`` and ``auc`` (ROC AUC of the
     scores of all edges against ``y``; None without scores).
     """
-    _check_graph_dict(graph, source)
-    scores = graph.get("scores")
+    scores = graph.scores
     if score_cut is not None and scores is None:
         raise TrackGNNError(f"{source}: a score cut was given but the graph has no 'scores'")
-    edge_index = graph["edge_index"]
+    edge_index = graph.edge_index
     keep = (
         scores > score_cut
         if score_cut is not None
         else torch.ones(edge_index.shape[1], dtype=torch.bool)
     )
-    n_hits = int(graph["hit_id"].shape[0])
+    n_hits = graph.n_hits
     kept_edges = edge_index[:, keep]
 
-    truth_edges = graph["truth_edges"]
+    truth_edges = graph.truth_edges
     first_hit = truth_edges[0]
     is_signal = (
-        (graph["particle_id"][first_hit] != 0)
-        & (graph["pt"][first_hit] > cuts.signal_pt)
-        & (graph["nhits"][first_hit] >= cuts.min_hits)
+        (graph.particle_id[first_hit] != 0)
+        & (graph.pt[first_hit] > cuts.signal_pt)
+        & (graph.nhits[first_hit] >= cuts.min_hits)
     )
     signal_keys = _undirected_keys(truth_edges[:, is_signal], n_hits)
     found = torch.isin(signal_keys, _undirected_keys(kept_edges, n_hits))
@@ -249,8 +226,8 @@ def edge_metrics(
     counts = {
         "n_hits": n_hits,
         "n_edges": n_edges,
-        "n_true": int(graph["y"][keep].sum()),
-        "n_same_particle": int(graph["y_pid"][keep].sum()),
+        "n_true": int(graph.y[keep].sum()),
+        "n_same_particle": int(graph.y_pid[keep].sum()),
         "n_signal_truth": int(signal_keys.numel()),
         "n_signal_truth_found": int(found.sum()),
     }
@@ -262,7 +239,7 @@ def edge_metrics(
         "purity": ratio_estimate(counts["n_true"], n_edges)["value"],
         "purity_pid": ratio_estimate(counts["n_same_particle"], n_edges)["value"],
         "edges_per_hit": n_edges / n_hits if n_hits else None,
-        "auc": roc_auc(scores, graph["y"]) if scores is not None else None,
+        "auc": roc_auc(scores, graph.y) if scores is not None else None,
     }
 
 

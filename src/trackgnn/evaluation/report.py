@@ -41,7 +41,6 @@ from trackgnn.errors import InputError, TrackGNNError
 from trackgnn.evaluation.matching import DEFAULT_CUTS, EvaluationCuts
 from trackgnn.evaluation.metrics import (
     ETA_BIN_EDGES,
-    GRAPH_KEYS,
     PT_BIN_EDGES,
     TRACK_METRICS,
     Estimate,
@@ -53,7 +52,8 @@ from trackgnn.evaluation.metrics import (
 )
 from trackgnn.evaluation.plots import plot_efficiency
 from trackgnn.evaluation.score import submission_tracks
-from trackgnn.io import event_id_from_prefix, load_tensors, read_event
+from trackgnn.event_data import load_graph
+from trackgnn.io import event_id_from_prefix, read_event
 
 EDGE_STAGES = ("graph", "filter", "gnn")
 
@@ -290,7 +290,7 @@ def _evaluate_one(
     particles = match.particles.assign(event_id=event_id)
     edge_rows = []
     for stage, path in inputs.graphs.items():
-        graph = load_tensors(path, required=GRAPH_KEYS)
+        graph = load_graph(path)
         figures = edge_metrics(graph, score_cuts.get(stage), cuts, source=str(path))
         edge_rows.append({"event_id": event_id, "stage": stage, **figures})
     return {"event_id": event_id, **counts}, particles, edge_rows

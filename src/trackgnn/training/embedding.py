@@ -28,9 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from trackgnn.config import Config, training_settings
 from trackgnn.errors import TrackGNNError
 from trackgnn.evaluation.matching import EvaluationCuts
+from trackgnn.event_data import EventGraph, EventHits, load_graph, load_hits
 from trackgnn.graph.construction import (
-    FEATURE_KEYS,
-    check_event_tensors,
     existing_files,
     pooled_edge_metrics,
     signal_hits,
@@ -38,7 +37,6 @@ from trackgnn.graph.construction import (
 )
 from trackgnn.graph.radius import knn, radius_graph
 from trackgnn.graph.truth import edge_labels, truth_edge_mask, undirected_keys
-from trackgnn.io import load_tensors
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.mlp import angle_columns
 from trackgnn.training.checkpoint import (
@@ -53,32 +51,28 @@ SameParticle = Literal["negative", "ignore"]
 
 
 class EventDataset(Dataset):
-    """Per-event tensor files as a dataset of dicts (the ``keys`` of each file), kept in memory."""
+    """Per-event files as a dataset of checked :class:`~trackgnn.event_data.EventHits` (or, with
+    ``graphs``, :class:`~trackgnn.event_data.EventGraph`), kept in memory once read."""
 
-    def __init__(self, files: Sequence[str | os.PathLike[str]], keys: Sequence[str]) -> None:
+    def __init__(self, files: Sequence[str | os.PathLike[str]], graphs: bool = False) -> None:
         self.files = existing_files(files)
         if not self.files:
             raise TrackGNNError("no event files given (the split is empty)")
-        self.keys = tuple(keys)
-        self._cache: dict[int, dict[str, Any]] = {}
+        self.graphs = graphs
+        self._cache: dict[int, EventHits] = {}
 
     @property
     def feature_names(self) -> list[str] | None:
-        """``feature_names`` of the first file (the names of the columns of ``x``)."""
-        if not self.files:
-            return None
-        names = load_tensors(self.files[0]).get("feature_names")
-        return list(names) if isinstance(names, list | tuple) else None
+        """``feature_names`` of the first event (the names of the columns of ``x``)."""
+        return self[0].feature_names
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> EventHits:
         if index not in self._cache:
-            required = tuple(dict.fromkeys((*FEATURE_KEYS, *self.keys)))
-            data = load_tensors(self.files[index], required=required)
-            check_event_tensors(data, self.files[index])
-            self._cache[index] = {key: data[key] for key in self.keys}
+            path = self.files[index]
+            self._cache[index] = load_graph(path) if self.graphs else load_hits(path)
         return self._cache[index]
 
 
@@ -147,29 +141,29 @@ class EmbeddingModule(ResumableModule):
         self.automatic_optimization = False
         self._val_metrics: list[dict[str, Any]] = []
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: EventHits, batch_idx: int) -> Tensor:
         train = self.hparams["train"]
-        x = batch["x"]
+        x = batch.x
         n_hits = x.shape[0]
         with torch.no_grad():
             emb = self.model(x)  # for mining only; each step embeds its own hits with gradients
         pairs = training_pairs(
             emb,
-            batch["truth_edges"],
+            batch.truth_edges,
             int(train["random_pairs"] * n_hits),
             train["knn_k"],
             train["chunk_size"],
             train["backend"],
         )
-        y = truth_edge_mask(pairs, batch["truth_edges"], n_hits)
+        y = truth_edge_mask(pairs, batch.truth_edges, n_hits)
         if train["same_particle"] == "ignore":
-            pid = batch["particle_id"]
+            pid = batch.particle_id
             same = (pid[pairs[0]] == pid[pairs[1]]) & (pid[pairs[0]] != 0)
             pairs, y = pairs[:, y | ~same], y[y | ~same]
         signal = signal_hits(
-            batch["particle_id"],
-            batch["pt"],
-            batch["nhits"],
+            batch.particle_id,
+            batch.pt,
+            batch.nhits,
             train["signal_pt"],
             train["min_hits"],
         )
@@ -187,20 +181,19 @@ class EmbeddingModule(ResumableModule):
 
         return self.optimize_parts(order.tensor_split(train["steps_per_event"]), loss_of)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: EventHits, batch_idx: int) -> None:
         train = self.hparams["train"]
-        emb = self.model(batch["x"])
+        emb = self.model(batch.x)
         edge_index = radius_graph(
             emb,
-            batch["r"],
+            batch.r,
             train["radius"],
             train["k_max"],
             train["chunk_size"],
             train["backend"],
         )
-        y, y_pid = edge_labels(edge_index, batch["truth_edges"], batch["particle_id"])
-        graph = {key: value.cpu() for key, value in batch.items()}
-        graph.update(edge_index=edge_index.cpu(), y=y.cpu(), y_pid=y_pid.cpu())
+        y, y_pid = edge_labels(edge_index, batch.truth_edges, batch.particle_id)
+        graph = EventGraph.from_hits(batch.to("cpu"), edge_index.cpu(), y.cpu(), y_pid.cpu())
         cuts = EvaluationCuts(min_hits=train["min_hits"], signal_pt=train["eval_signal_pt"])
         self._val_metrics.append(stage_edge_metrics(graph, cuts, "validation event"))
 
@@ -217,9 +210,6 @@ class EmbeddingModule(ResumableModule):
         return one_cycle_optimization(
             torch.optim.Adam(self.model.parameters(), lr=train["lr"]), train["total_steps"]
         )
-
-
-EMBEDDING_BATCH_KEYS = ("hit_id", "x", "r", "particle_id", "pt", "nhits", "truth_edges")
 
 
 def train_embedding(
@@ -245,9 +235,9 @@ def train_embedding(
         ...) and the number of parameters.
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    train_set = EventDataset(train_files, EMBEDDING_BATCH_KEYS)
-    val_set = EventDataset(val_files, EMBEDDING_BATCH_KEYS)
-    in_dim = int(train_set[0]["x"].shape[1])
+    train_set = EventDataset(train_files)
+    val_set = EventDataset(val_files)
+    in_dim = int(train_set[0].x.shape[1])
     emb = cfg.embedding
     model = {
         "in_dim": in_dim,

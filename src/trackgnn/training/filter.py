@@ -23,6 +23,7 @@ from torch import Tensor
 from trackgnn.config import Config, training_settings
 from trackgnn.evaluation.matching import EvaluationCuts
 from trackgnn.evaluation.metrics import roc_auc
+from trackgnn.event_data import EventGraph
 from trackgnn.graph.construction import pooled_edge_metrics, stage_edge_metrics
 from trackgnn.models.edges import geometry_tensor
 from trackgnn.models.filter import FilterNet
@@ -35,22 +36,6 @@ from trackgnn.training.checkpoint import (
 from trackgnn.training.driver import MetricsSink, TrainedStage, train_stage
 from trackgnn.training.embedding import EventDataset, event_loader
 from trackgnn.training.schedule import one_cycle_optimization
-
-FILTER_BATCH_KEYS = (
-    "hit_id",
-    "x",
-    "r",
-    "phi",
-    "z",
-    "eta",
-    "edge_index",
-    "y",
-    "y_pid",
-    "particle_id",
-    "pt",
-    "nhits",
-    "truth_edges",
-)
 
 
 def steps_per_event(n_true: int, n_fake: int, negative_ratio: float, batch_edges: int) -> int:
@@ -102,13 +87,13 @@ class FilterModule(ResumableModule):
         self._val_metrics: list[dict[str, Any]] = []
         self._val_edges_in = 0
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: EventGraph, batch_idx: int) -> Tensor | None:
         train = self.hparams["train"]
-        geometry = geometry_tensor(batch["r"], batch["phi"], batch["z"], batch["eta"])
-        edge_index, y = batch["edge_index"], batch["y"].bool()
-        candidates = negative_candidates(y, batch["y_pid"].bool(), train["same_particle_negatives"])
+        geometry = geometry_tensor(batch.r, batch.phi, batch.z, batch.eta)
+        edge_index, y = batch.edge_index, batch.y.bool()
+        candidates = negative_candidates(y, batch.y_pid.bool(), train["same_particle_negatives"])
         fake_scores = self.model.scores(
-            batch["x"], geometry, edge_index[:, candidates], train["chunk_edges"]
+            batch.x, geometry, edge_index[:, candidates], train["chunk_edges"]
         )
         chosen = select_training_edges(y, fake_scores, train["negative_ratio"], candidates)
         if len(chosen) == 0:
@@ -116,21 +101,17 @@ class FilterModule(ResumableModule):
         chosen = chosen[torch.randperm(len(chosen), device=chosen.device)]
 
         def loss_of(step_edges: Tensor) -> Tensor:
-            logits = self.model(batch["x"], geometry, edge_index[:, step_edges])
+            logits = self.model(batch.x, geometry, edge_index[:, step_edges])
             return F.binary_cross_entropy_with_logits(logits, y[step_edges].to(logits.dtype))
 
         return self.optimize_parts(chosen.split(train["batch_edges"]), loss_of)
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: EventGraph, batch_idx: int) -> None:
         train = self.hparams["train"]
-        geometry = geometry_tensor(batch["r"], batch["phi"], batch["z"], batch["eta"])
-        edge_index, y = batch["edge_index"], batch["y"].bool()
-        scores = self.model.scores(batch["x"], geometry, edge_index, train["chunk_edges"])
-        keep = scores >= train["cut"]
-        graph = {key: value.cpu() for key, value in batch.items()}
-        graph.update(
-            edge_index=edge_index[:, keep].cpu(), y=y[keep].cpu(), y_pid=batch["y_pid"][keep].cpu()
-        )
+        geometry = geometry_tensor(batch.r, batch.phi, batch.z, batch.eta)
+        edge_index, y = batch.edge_index, batch.y.bool()
+        scores = self.model.scores(batch.x, geometry, edge_index, train["chunk_edges"])
+        graph = batch.to("cpu").keep_edges((scores >= train["cut"]).cpu(), scores.float().cpu())
         cuts = EvaluationCuts(min_hits=train["min_hits"], signal_pt=train["signal_pt"])
         metrics = stage_edge_metrics(graph, cuts, "validation event")
         metrics["auc"] = roc_auc(scores.cpu(), y.cpu())
@@ -169,11 +150,11 @@ def train_filter(
     number of parameters.
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    train_set = EventDataset(train_graph_files, FILTER_BATCH_KEYS)
-    val_set = EventDataset(val_graph_files, FILTER_BATCH_KEYS)
+    train_set = EventDataset(train_graph_files, graphs=True)
+    val_set = EventDataset(val_graph_files, graphs=True)
     flt = cfg.filter
     model = {
-        "node_dim": int(train_set[0]["x"].shape[1]),
+        "node_dim": int(train_set[0].x.shape[1]),
         "angle_columns": angle_columns(train_set.feature_names),
         "hidden": flt.hidden,
         "n_layers": flt.n_layers,
@@ -182,9 +163,9 @@ def train_filter(
     }
     steps_per_epoch = 0
     for event in train_set:
-        y = event["y"].bool()
+        y = event.y.bool()
         n_candidates = int(
-            negative_candidates(y, event["y_pid"].bool(), flt.same_particle_negatives).sum()
+            negative_candidates(y, event.y_pid.bool(), flt.same_particle_negatives).sum()
         )
         steps_per_epoch += steps_per_event(
             int(y.sum()), n_candidates, flt.negative_ratio, flt.batch_edges

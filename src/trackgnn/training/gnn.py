@@ -28,19 +28,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from trackgnn.config import Config, training_settings
-from trackgnn.io import load_tensors
+from trackgnn.event_data import GraphBatch, load_graph
 from trackgnn.models.checkpoint import resolve_device
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.models.mlp import angle_columns
 from trackgnn.process import peak_rss_mb, process_rank
-from trackgnn.scoring import (
-    GRAPH_KEYS,
-    KIND,
-    GraphBatch,
-    edge_classification_metrics,
-    event_graph,
-    load_event_graph,
-)
+from trackgnn.scoring import KIND, edge_classification_metrics
 from trackgnn.training.checkpoint import ResumableModule, input_fingerprint, resume_key
 from trackgnn.training.distributed import gradient_sync_stats, trainer_kwargs
 from trackgnn.training.driver import MetricsSink, TrainedStage, train_stage
@@ -270,12 +263,10 @@ def train_gnn(
     g = cfg.gnn
     rank, world = (process_rank() if g.world_size > 1 else 0), g.world_size
     _share_threads(cfg)
-    first = load_tensors(train_files[0], required=GRAPH_KEYS)
-    feature_names = first.get("feature_names")
-    train_graphs = [event_graph(first, train_files[0])]
-    train_graphs += [load_event_graph(f) for f in train_files[1:]]
-    val_graphs = [load_event_graph(f) for f in val_files]
-    phi_columns = angle_columns(feature_names if isinstance(feature_names, list) else None)
+    first = load_graph(train_files[0])
+    train_graphs = [first.to_batch()] + [load_graph(f).to_batch() for f in train_files[1:]]
+    val_graphs = [load_graph(f).to_batch() for f in val_files]
+    phi_columns = angle_columns(first.feature_names)
     stream = training_stream(
         cfg,
         train_graphs,

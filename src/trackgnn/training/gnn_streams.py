@@ -32,8 +32,8 @@ from torch.utils.data import IterableDataset
 
 from trackgnn.config import Config
 from trackgnn.errors import TrackGNNError
+from trackgnn.event_data import GraphBatch
 from trackgnn.graph.csr import concat_graphs
-from trackgnn.scoring import GraphBatch
 
 
 def union_graph(graphs: list[GraphBatch]) -> GraphBatch:
