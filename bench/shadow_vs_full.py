@@ -24,6 +24,7 @@ first mode's, then a Markdown table and a PNG of the curves.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -85,7 +86,7 @@ def _train(mode: str, cfg, train_graphs, val_graphs, phi_col: int, args, device)
         "angle_columns": [phi_col],
     }
     torch.manual_seed(cfg.seed)  # same initial weights in every mode
-    module = GNNModule(model_args, g.lr, g.pos_weight, False, mode, "").to(device)
+    module = GNNModule(model_args, dataclasses.replace(g, compile=False, mode=mode)).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=g.lr)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=g.amp)
 

@@ -31,6 +31,7 @@ from trackgnn.training.gnn_streams import (
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"node_features": 4, "hidden": 8, "n_iterations": 1}
+GNN_SETTINGS = config_from_dict({"gnn": {"lr": 0.01, "pos_weight": 2.0}}).gnn
 LAUNCH_ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 # Lightning warns where an srun binary exists but this process was not started by it.
 pytestmark = pytest.mark.filterwarnings("ignore:The `srun` command is available")
@@ -201,7 +202,7 @@ def test_shadow_stream_roots_keep_their_seeded_schedule(tmp_path: Path) -> None:
 
 def test_stand_in_step_adds_nothing_to_the_gradient() -> None:
     torch.manual_seed(0)
-    module = GNNModule(MODEL, 0.01, 2.0, False, "full", "k")
+    module = GNNModule(MODEL, GNN_SETTINGS)
     batch = stand_in_batch(load_event_graph_from(_toy_event(3)))
     loss = module._loss(module(batch), batch)
     loss.backward()
@@ -221,7 +222,7 @@ def _validate(files: list[str], rank: int, world: int) -> dict[str, float]:
     from trackgnn.training.distributed import trainer_kwargs
 
     torch.manual_seed(0)
-    module = GNNModule(MODEL, 0.01, 2.0, False, "full", "k")
+    module = GNNModule(MODEL, GNN_SETTINGS)
     trainer = pl.Trainer(
         **trainer_kwargs(world, "cpu"),
         logger=False,

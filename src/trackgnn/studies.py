@@ -219,12 +219,9 @@ def measure_scaling(
         stream = ShadowStream(union_graph(graphs * repeats), study_cfg, device, rank, world_size)
     module = GNNModule(
         model=gnn_model_args(cfg, int(graphs[0].x.shape[1]), phi_columns),
-        lr=cfg.gnn.lr,
-        pos_weight=cfg.gnn.pos_weight,
-        compile=cfg.gnn.compile,
-        mode=choice.mode,
-        resume_key="scaling-study",
+        settings=study_cfg.gnn,
         total_steps=total_steps,
+        resume_key="scaling-study",
     )
     # The same driver, module, strategy and streams as `trackgnn train gnn`; no checkpoints or
     # validation, and the epoch figures leave out the warm-up steps.

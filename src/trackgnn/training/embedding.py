@@ -16,6 +16,7 @@ parts, one optimizer step each; the learning rate follows a one-cycle schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from trackgnn.config import Config, training_settings
+from trackgnn.config import Config, EmbeddingConfig, GraphConfig, training_settings
 from trackgnn.errors import TrackGNNError
 from trackgnn.evaluation.matching import EvaluationCuts
 from trackgnn.event_data import EventGraph, EventHits, load_graph, load_hits
@@ -131,18 +132,48 @@ def training_pairs(
 class EmbeddingModule(ResumableModule):
     """Lightning module training :class:`EmbeddingNet` with the pairwise hinge loss."""
 
-    def __init__(self, model: dict[str, Any], train: dict[str, Any], resume_key: str = "") -> None:
+    def __init__(
+        self,
+        model: dict[str, Any],
+        settings: EmbeddingConfig,
+        graph: GraphConfig,
+        cuts: EvaluationCuts,
+        total_steps: int,
+        same_particle: SameParticle = "negative",
+        resume_key: str = "",
+    ) -> None:
+        """Args:
+        model: :class:`EmbeddingNet`'s constructor arguments.
+        settings: the ``embedding`` section (loss, pair mining, optimizer).
+        graph: the ``graph`` section (the validation graphs' radius search).
+        cuts: the evaluation cuts (signal particles of the loss weight and the validation).
+        total_steps: optimizer steps of the whole training (the one-cycle schedule's length).
+        same_particle: pairs of one particle that are not truth-graph neighbours count as
+            negatives (``negative``) or are left out of the loss (``ignore``).
+        resume_key: the key a killed training resumes under.
+        """
         super().__init__()
+        # The checkpoint records plain values (loadable with weights_only); the module reads
+        # the typed sections.
+        train = {
+            "embedding": dataclasses.asdict(settings),
+            "graph": dataclasses.asdict(graph),
+            "cuts": dataclasses.asdict(cuts),
+            "total_steps": total_steps,
+            "same_particle": same_particle,
+        }
         self.save_hyperparameters(
             {"model_kind": "embedding", "model": model, "train": train, "resume_key": resume_key}
         )
+        self.settings, self.graph_settings, self.cuts = settings, graph, cuts
+        self.total_steps, self.same_particle = total_steps, same_particle
         self.model = EmbeddingNet(**model)
         # steps_per_event optimizer steps per event (see training_step).
         self.automatic_optimization = False
         self._val_metrics: list[dict[str, Any]] = []
 
     def training_step(self, batch: EventHits, batch_idx: int) -> Tensor:
-        train = self.hparams["train"]
+        settings, graph = self.settings, self.graph_settings
         x = batch.x
         n_hits = x.shape[0]
         with torch.no_grad():
@@ -150,13 +181,13 @@ class EmbeddingModule(ResumableModule):
         pairs = training_pairs(
             emb,
             batch.truth_edges,
-            int(train["random_pairs"] * n_hits),
-            train["knn_k"],
-            train["chunk_size"],
-            train["backend"],
+            int(settings.random_pairs * n_hits),
+            settings.knn_k,
+            graph.chunk_size,
+            graph.backend,
         )
         y = truth_edge_mask(pairs, batch.truth_edges, n_hits)
-        if train["same_particle"] == "ignore":
+        if self.same_particle == "ignore":
             pid = batch.particle_id
             same = (pid[pairs[0]] == pid[pairs[1]]) & (pid[pairs[0]] != 0)
             pairs, y = pairs[:, y | ~same], y[y | ~same]
@@ -164,11 +195,11 @@ class EmbeddingModule(ResumableModule):
             batch.particle_id,
             batch.pt,
             batch.nhits,
-            train["signal_pt"],
-            train["min_hits"],
+            settings.signal_pt,
+            self.cuts.min_hits,
         )
         weight = torch.where(
-            y & signal[pairs[0]] & signal[pairs[1]], float(train["signal_weight"]), 1.0
+            y & signal[pairs[0]] & signal[pairs[1]], float(settings.signal_weight), 1.0
         ).to(emb.dtype)
         order = torch.randperm(pairs.shape[1], device=pairs.device)
 
@@ -176,26 +207,25 @@ class EmbeddingModule(ResumableModule):
             hits, local = torch.unique(pairs[:, part], return_inverse=True)
             emb_part = self.model(x[hits])  # rows are independent: the same as x's rows
             return pairwise_hinge_loss(
-                emb_part[local[0]], emb_part[local[1]], y[part], train["margin"], weight[part]
+                emb_part[local[0]], emb_part[local[1]], y[part], settings.margin, weight[part]
             )
 
-        return self.optimize_parts(order.tensor_split(train["steps_per_event"]), loss_of)
+        return self.optimize_parts(order.tensor_split(settings.steps_per_event), loss_of)
 
     def validation_step(self, batch: EventHits, batch_idx: int) -> None:
-        train = self.hparams["train"]
+        graph_cfg = self.graph_settings
         emb = self.model(batch.x)
         edge_index = radius_graph(
             emb,
             batch.r,
-            train["radius"],
-            train["k_max"],
-            train["chunk_size"],
-            train["backend"],
+            graph_cfg.radius,
+            graph_cfg.k_max,
+            graph_cfg.chunk_size,
+            graph_cfg.backend,
         )
         y, y_pid = edge_labels(edge_index, batch.truth_edges, batch.particle_id)
         graph = EventGraph.from_hits(batch.to("cpu"), edge_index.cpu(), y.cpu(), y_pid.cpu())
-        cuts = EvaluationCuts(min_hits=train["min_hits"], signal_pt=train["eval_signal_pt"])
-        self._val_metrics.append(stage_edge_metrics(graph, cuts, "validation event"))
+        self._val_metrics.append(stage_edge_metrics(graph, self.cuts, "validation event"))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_metrics:
@@ -206,9 +236,8 @@ class EmbeddingModule(ResumableModule):
             self.log(f"val_{name}", pooled[name], batch_size=1)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        train = self.hparams["train"]
         return one_cycle_optimization(
-            torch.optim.Adam(self.model.parameters(), lr=train["lr"]), train["total_steps"]
+            torch.optim.Adam(self.model.parameters(), lr=self.settings.lr), self.total_steps
         )
 
 
@@ -248,30 +277,21 @@ def train_embedding(
         "activation": emb.activation,
         "layer_norm": emb.layer_norm,
     }
-    train = {
-        "margin": emb.margin,
-        "lr": emb.lr,
-        "steps_per_event": emb.steps_per_event,
-        "total_steps": emb.epochs * len(train_set) * emb.steps_per_event,
-        "random_pairs": emb.random_pairs,
-        "knn_k": emb.knn_k,
-        "signal_pt": emb.signal_pt,
-        "signal_weight": emb.signal_weight,
-        "min_hits": cfg.evaluation.min_hits,
-        "eval_signal_pt": cfg.evaluation.signal_pt,
-        "same_particle": same_particle,
-        "radius": cfg.graph.radius,
-        "k_max": cfg.graph.k_max,
-        "chunk_size": cfg.graph.chunk_size,
-        "backend": cfg.graph.backend,
-    }
     # A rerun with the same key continues the interrupted training: the declared settings
     # (the epoch count among them: it sets the one-cycle schedule), the model's input columns
     # and the caller's same-particle choice, and the training events.
     settings = training_settings(cfg, "embedding")
     files = input_fingerprint(train_set.files)
     key = resume_key("embedding", model, settings, same_particle, files)
-    module = EmbeddingModule(model, train, key)
+    module = EmbeddingModule(
+        model,
+        emb,
+        cfg.graph,
+        EvaluationCuts.from_config(cfg),
+        emb.epochs * len(train_set) * emb.steps_per_event,
+        same_particle,
+        key,
+    )
     return train_stage(
         module,
         "embedding",

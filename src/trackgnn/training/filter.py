@@ -10,6 +10,7 @@ cross-entropy against ``y``. The learning rate follows a one-cycle schedule over
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trackgnn.config import Config, training_settings
+from trackgnn.config import Config, FilterConfig, training_settings
 from trackgnn.evaluation.matching import EvaluationCuts
 from trackgnn.evaluation.metrics import roc_auc
 from trackgnn.event_data import EventGraph
@@ -76,11 +77,32 @@ def select_training_edges(
 class FilterModule(ResumableModule):
     """Lightning module training :class:`FilterNet` with hard + easy negative sampling."""
 
-    def __init__(self, model: dict[str, Any], train: dict[str, Any], resume_key: str = "") -> None:
+    def __init__(
+        self,
+        model: dict[str, Any],
+        settings: FilterConfig,
+        cuts: EvaluationCuts,
+        total_steps: int,
+        resume_key: str = "",
+    ) -> None:
+        """Args:
+        model: :class:`FilterNet`'s constructor arguments.
+        settings: the ``filter`` section (negatives, steps, optimizer, validation cut).
+        cuts: the evaluation cuts (signal edges of the validation efficiency).
+        total_steps: optimizer steps of the whole training (the one-cycle schedule's length).
+        resume_key: the key a killed training resumes under.
+        """
         super().__init__()
+        # The checkpoint records plain values (loadable with weights_only).
+        train = {
+            "filter": dataclasses.asdict(settings),
+            "cuts": dataclasses.asdict(cuts),
+            "total_steps": total_steps,
+        }
         self.save_hyperparameters(
             {"model_kind": "filter", "model": model, "train": train, "resume_key": resume_key}
         )
+        self.settings, self.cuts, self.total_steps = settings, cuts, total_steps
         self.model = FilterNet(**model)
         # Several optimizer steps per event (see the module docstring).
         self.automatic_optimization = False
@@ -88,14 +110,14 @@ class FilterModule(ResumableModule):
         self._val_edges_in = 0
 
     def training_step(self, batch: EventGraph, batch_idx: int) -> Tensor | None:
-        train = self.hparams["train"]
+        settings = self.settings
         geometry = geometry_tensor(batch.r, batch.phi, batch.z, batch.eta)
         edge_index, y = batch.edge_index, batch.y.bool()
-        candidates = negative_candidates(y, batch.y_pid.bool(), train["same_particle_negatives"])
+        candidates = negative_candidates(y, batch.y_pid.bool(), settings.same_particle_negatives)
         fake_scores = self.model.scores(
-            batch.x, geometry, edge_index[:, candidates], train["chunk_edges"]
+            batch.x, geometry, edge_index[:, candidates], settings.chunk_edges
         )
-        chosen = select_training_edges(y, fake_scores, train["negative_ratio"], candidates)
+        chosen = select_training_edges(y, fake_scores, settings.negative_ratio, candidates)
         if len(chosen) == 0:
             return None  # an event without edges teaches nothing
         chosen = chosen[torch.randperm(len(chosen), device=chosen.device)]
@@ -104,16 +126,15 @@ class FilterModule(ResumableModule):
             logits = self.model(batch.x, geometry, edge_index[:, step_edges])
             return F.binary_cross_entropy_with_logits(logits, y[step_edges].to(logits.dtype))
 
-        return self.optimize_parts(chosen.split(train["batch_edges"]), loss_of)
+        return self.optimize_parts(chosen.split(settings.batch_edges), loss_of)
 
     def validation_step(self, batch: EventGraph, batch_idx: int) -> None:
-        train = self.hparams["train"]
+        settings = self.settings
         geometry = geometry_tensor(batch.r, batch.phi, batch.z, batch.eta)
         edge_index, y = batch.edge_index, batch.y.bool()
-        scores = self.model.scores(batch.x, geometry, edge_index, train["chunk_edges"])
-        graph = batch.to("cpu").keep_edges((scores >= train["cut"]).cpu(), scores.float().cpu())
-        cuts = EvaluationCuts(min_hits=train["min_hits"], signal_pt=train["signal_pt"])
-        metrics = stage_edge_metrics(graph, cuts, "validation event")
+        scores = self.model.scores(batch.x, geometry, edge_index, settings.chunk_edges)
+        graph = batch.to("cpu").keep_edges((scores >= settings.cut).cpu(), scores.float().cpu())
+        metrics = stage_edge_metrics(graph, self.cuts, "validation event")
         metrics["auc"] = roc_auc(scores.cpu(), y.cpu())
         self._val_metrics.append(metrics)
         self._val_edges_in += edge_index.shape[1]
@@ -130,9 +151,8 @@ class FilterModule(ResumableModule):
             self.log(f"val_{name}", value, batch_size=1)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        train = self.hparams["train"]
         return one_cycle_optimization(
-            torch.optim.Adam(self.model.parameters(), lr=train["lr"]), train["total_steps"]
+            torch.optim.Adam(self.model.parameters(), lr=self.settings.lr), self.total_steps
         )
 
 
@@ -170,22 +190,14 @@ def train_filter(
         steps_per_epoch += steps_per_event(
             int(y.sum()), n_candidates, flt.negative_ratio, flt.batch_edges
         )
-    train = {
-        "lr": flt.lr,
-        "total_steps": flt.epochs * steps_per_epoch,
-        "batch_edges": flt.batch_edges,
-        "negative_ratio": flt.negative_ratio,
-        "same_particle_negatives": flt.same_particle_negatives,
-        "chunk_edges": flt.chunk_edges,
-        "cut": flt.cut,
-        "signal_pt": cfg.evaluation.signal_pt,
-        "min_hits": cfg.evaluation.min_hits,
-    }
     # The declared settings key a resume: the epoch count among them sets the one-cycle
     # schedule's length, so a 40-epoch training must not continue a 2-epoch one.
     settings = training_settings(cfg, "filter")
     files = input_fingerprint(train_set.files)
-    module = FilterModule(model, train, resume_key("filter", model, settings, files))
+    key = resume_key("filter", model, settings, files)
+    module = FilterModule(
+        model, flt, EvaluationCuts.from_config(cfg), flt.epochs * steps_per_epoch, key
+    )
     return train_stage(
         module,
         "filter",

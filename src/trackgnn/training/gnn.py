@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import pytorch_lightning as pl
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from trackgnn.config import Config, training_settings
+from trackgnn.config import Config, GNNConfig, training_settings
 from trackgnn.event_data import GraphBatch, load_graph
 from trackgnn.models.checkpoint import resolve_device
 from trackgnn.models.interaction_gnn import InteractionGNN
@@ -108,25 +108,38 @@ class GNNModule(ResumableModule):
     def __init__(
         self,
         model: dict[str, Any],
-        lr: float,
-        pos_weight: float,
-        compile: bool,
-        mode: str,
-        resume_key: str,
+        settings: GNNConfig,
         total_steps: int = 0,
+        resume_key: str = "",
         model_kind: str = KIND,
     ) -> None:
+        """Args:
+        model: :class:`InteractionGNN`'s constructor arguments.
+        settings: the ``gnn`` section (loss weight, optimizer, compilation).
+        total_steps: optimizer steps of the whole training (the one-cycle schedule's length).
+        resume_key: the key a killed training resumes under.
+        model_kind: the checkpoint's kind.
+        """
         super().__init__()
-        self.save_hyperparameters()
+        # The checkpoint records plain values (loadable with weights_only).
+        self.save_hyperparameters(
+            {
+                "model_kind": model_kind,
+                "model": model,
+                "train": {"gnn": asdict(settings), "total_steps": total_steps},
+                "resume_key": resume_key,
+            }
+        )
+        self.settings, self.total_steps = settings, total_steps
         self.model = InteractionGNN(**model)
-        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self._forward = torch.compile(self.model, dynamic=True) if settings.compile else self.model
         self._val: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def forward(self, batch: GraphBatch) -> Tensor:
         return self._forward(batch.x, batch.edge_attr, batch.edge_index)
 
     def _loss(self, logits: Tensor, batch: GraphBatch) -> Tensor:
-        pos_weight = torch.tensor(self.hparams["pos_weight"], device=logits.device)
+        pos_weight = torch.tensor(self.settings.pos_weight, device=logits.device)
         losses = F.binary_cross_entropy_with_logits(
             logits.float(), batch.y, pos_weight=pos_weight, reduction="none"
         )
@@ -167,8 +180,8 @@ class GNNModule(ResumableModule):
             self.log(f"val_{name}", value)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"])
-        return one_cycle_optimization(optimizer, self.hparams["total_steps"])
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.settings.lr)
+        return one_cycle_optimization(optimizer, self.total_steps)
 
 
 def validation_loader(graphs: Sequence[GraphBatch], rank: int, world: int) -> DataLoader:
@@ -283,12 +296,9 @@ def train_gnn(
     key = resume_key(training_settings(cfg, "gnn"), input_fingerprint(train_files))
     module = GNNModule(
         model=gnn_model_args(cfg, int(train_graphs[0].x.shape[1]), phi_columns),
-        lr=g.lr,
-        pos_weight=g.pos_weight,
-        compile=g.compile,
-        mode=g.mode,
-        resume_key=key,
+        settings=g,
         total_steps=g.epochs * len(stream),
+        resume_key=key,
     )
     return train_stage(
         module,
