@@ -31,7 +31,7 @@ from packaging.requirements import Requirement
 
 from trackgnn.errors import TrackGNNError
 from trackgnn.io import save_tensors
-from trackgnn.studies import SamplerChoice, parse_sampler, scaling_rows, world_sizes
+from trackgnn.studies.scaling import SamplerChoice, parse_sampler, scaling_rows, world_sizes
 
 from .conftest import (
     LEARNS,

@@ -218,7 +218,7 @@ def check_local_cuda():
 
 
 # Scaling study (studies.smk)
-from trackgnn.studies import SAMPLERS, SCALINGS, world_sizes
+from trackgnn.studies.scaling import SAMPLERS, SCALINGS, world_sizes
 
 STUDY_DIR = f"{RUN}/study/scaling"
 # Timed optimizer steps per configuration (a multiple of every world size: strong full-graph
@@ -245,7 +245,7 @@ def scaling_measurements():
 
 
 # Robustness studies (studies.smk)
-from trackgnn.robustness import STUDIES, point_simulation, study_points
+from trackgnn.studies.robustness import STUDIES, point_simulation, study_points
 
 ROBUSTNESS_DIR = f"{RUN}/study"
 ROBUSTNESS_POINTS = {study: study_points(CFG, study) for study in STUDIES}

@@ -1,4 +1,4 @@
-# Scaling study of data-parallel GNN training (target `scaling`; logic in trackgnn.studies).
+# Scaling study of data-parallel GNN training (target `scaling`; logic in trackgnn.studies.scaling).
 # Trains the GNN on the training events for a fixed workload at world sizes 1, 2, 4 ... (the
 # GPUs of gnn.world_size with CUDA; the machine's cores on CPU, gloo ranks via torchrun) for
 # every sampler (bulk k = 1, 4, 16, reference, full graph) and both strong and weak scaling.
@@ -57,7 +57,7 @@ rule scaling:
         " --output-dir {params.report_dir:q} > {log:q} 2>&1 && cat {log:q}"
 
 
-# Robustness studies (targets `pileup_study` and `noise_study`; logic in trackgnn.robustness):
+# Robustness studies (targets `pileup_study` and `noise_study`; logic in trackgnn.studies.robustness):
 # the run's trained models applied unchanged to the test split's event ids simulated anew at
 # each point (studies.pileup_mu, studies.noise_fractions). Writes
 # results/<run>/report/<study>/{<study>.csv,<study>_events.csv,<study>.png} and MLflow runs.

@@ -47,7 +47,7 @@ __all__ = [
     "SAMPLERS",
     "SCALINGS",
     "SamplerChoice",
-    "add_study_parser",
+    "add_scaling_parser",
     "measure_scaling",
     "parse_sampler",
     "report_scaling",
@@ -483,17 +483,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(format_rows(rows))
 
 
-def add_study_parser(
-    subparsers: Any,
+def add_scaling_parser(
+    kinds: Any,
     with_config: Callable[[argparse.ArgumentParser], argparse.ArgumentParser],
     positive_int: Callable[[str], int],
 ) -> None:
-    """Add ``study scaling|pileup|noise measure|report`` to the ``trackgnn`` CLI."""
-    from trackgnn.robustness import add_robustness_parsers
-
-    study = subparsers.add_parser("study", help="studies: scaling, pile-up and noise robustness")
-    kinds = study.add_subparsers(dest="study", required=True, metavar="STUDY")
-    add_robustness_parsers(kinds, with_config)
+    """Add ``study scaling measure|report`` to the ``trackgnn study`` parser."""
     scaling = kinds.add_parser("scaling", help="data-parallel scaling of GNN training")
     actions = scaling.add_subparsers(dest="action", required=True, metavar="ACTION")
 
