@@ -8,15 +8,26 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.installed
+# The torch spec of the installed build, rewritten (so newer than the stamps) only when
+# TORCH_SPEC differs: `make run TORCH_SPEC=...` after a CPU install replaces the CPU build.
+TORCH_SPEC_FILE := $(VENV)/.torch-spec
+TORCH_STAMP := $(VENV)/.torch-installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+$(shell mkdir -p $(VENV) && { [ "$$(cat $(TORCH_SPEC_FILE) 2>/dev/null)" = '$(TORCH_SPEC)' ] || printf '%s' '$(TORCH_SPEC)' > $(TORCH_SPEC_FILE); })
 
 .PHONY: run test lint
 
-$(STAMP): pyproject.toml
+$(TORCH_STAMP): $(TORCH_SPEC_FILE)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	# torch first, pinned: any other spec pulls gigabytes of CUDA wheels on CPU machines
+	# torch first, pinned: any other spec pulls gigabytes of CUDA wheels on CPU machines; a
+	# changed spec removes the installed build (pip would keep it as satisfying torch==X)
+	$(VENV)/bin/python -m pip uninstall --quiet --yes torch
 	$(VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	touch $(TORCH_STAMP)
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

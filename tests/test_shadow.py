@@ -568,12 +568,18 @@ def test_sampling_graph_views() -> None:
     assert graph.to("cpu") is graph
 
 
-def test_subgraph_batch_to_device_keeps_content() -> None:
+def test_subgraph_batch_and_sampling_graph_move_every_tensor() -> None:
+    """``to`` moves every tensor (the meta device: a real device change without a GPU)."""
     graph = build_sampling_graph(random_graph(20, 1, 3, seed=2), 20)
     (bt,) = sample_all(BulkSampler(graph, 2, 3, 20), torch.arange(20), 0)
-    moved = bt.to("cpu")
-    assert moved is not bt and torch.equal(moved.edge_index, bt.edge_index)
-    assert moved.num_subgraphs == 20
+    for original, moved in ((bt, bt.to("meta")), (graph, graph.to("meta"))):
+        tensors = {k: v for k, v in vars(original).items() if isinstance(v, torch.Tensor)}
+        assert tensors  # the check below covers something
+        for name, tensor in tensors.items():
+            copy = getattr(moved, name)
+            assert copy.device.type == "meta", name
+            assert copy.shape == tensor.shape and copy.dtype == tensor.dtype, name
+    assert bt.to("meta").num_subgraphs == 20 and bt.node_ids.device.type == "cpu"
 
 
 @pytest.mark.parametrize(

@@ -439,9 +439,15 @@ def test_perlmutter_profile_resolves_from_the_repository_root():
     # `--profile perlmutter` finds ./perlmutter: a relative link to profiles/perlmutter.
     link = REPO / "perlmutter"
     assert link.is_symlink() and os.readlink(link) == "profiles/perlmutter"
-    assert (link / "config.yaml").read_text() == (
-        REPO / "profiles/perlmutter/config.yaml"
-    ).read_text()
+    assert link.resolve() == (REPO / "profiles" / "perlmutter").resolve()
+    # committed as a link (mode 120000), so a fresh clone has it and not a stale copy
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "--stage", "perlmutter"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert listed[:1] == ["120000"], listed
 
 
 # ------------------------------------------------------------------------- conda environments

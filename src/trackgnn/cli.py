@@ -83,6 +83,20 @@ def _stage_run(
 
 
 @contextlib.contextmanager
+def _run_of_config(args: argparse.Namespace, cfg: Any, stage: str, section: str) -> Iterator[Any]:
+    """The stage run of a command that also runs by hand on files outside any run directory
+    (``simulate``, ``features``): with ``--config`` (as every rule passes it) an MLflow stage run;
+    without, a no-op logger, so that a hand run writes nothing beside its outputs."""
+    if args.config is None:
+        from trackgnn.tracking import RunLogger
+
+        yield RunLogger()
+        return
+    with _stage_run(cfg, stage, section) as run:
+        yield run
+
+
+@contextlib.contextmanager
 def _timed(output: str | Path) -> Iterator[dict[str, Any]]:
     """Time one per-event stage execution; write its figures to ``<output>.json`` afterwards.
 
@@ -123,29 +137,38 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     else:
         runs = [(args.events, args.first_event_id)]
     detector = Detector.load()
-    for n_events, first_event_id in runs:
-        simulate_events(
-            n_events=n_events,
-            mu=given(args.mu, sim.mu),
-            seed=given(args.seed, cfg.seed),
-            output_dir=args.output,
-            first_event_id=first_event_id,
-            generator=given(args.generator, sim.generator),
-            field=given(args.field, sim.field),
-            noise_fraction=given(args.noise_fraction, sim.noise_fraction),
-            detector=detector,
-        )
+    start = time.perf_counter()
+    with _run_of_config(args, cfg, "simulate_event", "simulate") as run:
+        n_total = 0
+        for n_events, first_event_id in runs:
+            simulate_events(
+                n_events=n_events,
+                mu=given(args.mu, sim.mu),
+                seed=given(args.seed, cfg.seed),
+                output_dir=args.output,
+                first_event_id=first_event_id,
+                generator=given(args.generator, sim.generator),
+                field=given(args.field, sim.field),
+                noise_fraction=given(args.noise_fraction, sim.noise_fraction),
+                detector=detector,
+            )
+            n_total += n_events
+        run.log_metrics({"n_events": n_total, "wall_s": time.perf_counter() - start})
 
 
 def cmd_features(args: argparse.Namespace) -> None:
     from trackgnn.features import run_features
 
-    for event, output in _pairs("features", args.event, args.output):
-        with _timed(output) as figures:
-            features = run_features(event, output, require_truth=args.require_truth)
-            figures["n_hits"] = features.n_hits
-            figures["n_truth_edges"] = features.truth_edges.shape[1]
-        log.info("features: %s -> %s", figures, output)
+    pairs = _pairs("features", args.event, args.output)
+    cfg = _load_config(args)
+    with _run_of_config(args, cfg, "features", "data") as run:
+        for step, (event, output) in enumerate(pairs):
+            with _timed(output) as figures:
+                features = run_features(event, output, require_truth=args.require_truth)
+                figures["n_hits"] = features.n_hits
+                figures["n_truth_edges"] = features.truth_edges.shape[1]
+            log.info("features: %s -> %s", figures, output)
+            run.log_metrics(figures, step)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -370,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("features", help="per-hit features and truth graph of events")
+    p = with_config(sub.add_parser("features", help="per-hit features and truth graph of events"))
     p.add_argument(
         "--event", nargs="+", required=True, help="event prefixes, e.g. DIR/event000001000"
     )

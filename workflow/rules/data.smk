@@ -54,9 +54,11 @@ for name, events in event_jobs("features"):
         conda:
             CONDA_ENV
         params:
+            # the MLflow store and experiment of the stage run (features read no other setting)
+            config=resolved_config,
             prefix=for_events(CTX.event_prefix, events),
         shell:
-            "trackgnn features --event {params.prefix:q} --output {output.features:q}"
-            " --require-truth 2> {log:q}"
+            "trackgnn features --config {params.config:q} --event {params.prefix:q}"
+            " --output {output.features:q} --require-truth 2> {log:q}"
 
     chunk_rule_settings(name, "features")
