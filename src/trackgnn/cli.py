@@ -71,28 +71,21 @@ def _load_config(args: argparse.Namespace) -> Any:
 
 @contextlib.contextmanager
 def _stage_run(
-    cfg: Any, stage: str, section: str | None, system_metrics: bool = False
+    cfg: Any, stage: str, section: str | None, system_metrics: bool = False, by_hand: bool = False
 ) -> Iterator[Any]:
-    """An MLflow stage run for this command (a no-op logger when MLflow is unreachable)."""
+    """An MLflow stage run for this command (a no-op logger when MLflow is unreachable).
+
+    ``by_hand``: ``simulate`` or ``features`` run without ``--config`` (every rule passes one), on
+    files outside any run directory: a no-op logger, so nothing is written beside the outputs.
+    """
     from trackgnn import tracking
 
+    if by_hand:
+        yield tracking.RunLogger()
+        return
     params = cfg.to_dict() if section is None else cfg.section(section)
     target = tracking.Target.from_config(cfg)
     with tracking.stage_run(target, stage, params, system_metrics=system_metrics) as run:
-        yield run
-
-
-@contextlib.contextmanager
-def _run_of_config(args: argparse.Namespace, cfg: Any, stage: str, section: str) -> Iterator[Any]:
-    """The stage run of a command that also runs by hand on files outside any run directory
-    (``simulate``, ``features``): with ``--config`` (as every rule passes it) an MLflow stage run;
-    without, a no-op logger, so that a hand run writes nothing beside its outputs."""
-    if args.config is None:
-        from trackgnn.tracking import RunLogger
-
-        yield RunLogger()
-        return
-    with _stage_run(cfg, stage, section) as run:
         yield run
 
 
@@ -138,7 +131,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         runs = [(args.events, args.first_event_id)]
     detector = Detector.load()
     start = time.perf_counter()
-    with _run_of_config(args, cfg, "simulate_event", "simulate") as run:
+    with _stage_run(cfg, "simulate_event", "simulate", by_hand=args.config is None) as run:
         n_total = 0
         for n_events, first_event_id in runs:
             simulate_events(
@@ -161,7 +154,7 @@ def cmd_features(args: argparse.Namespace) -> None:
 
     pairs = _pairs("features", args.event, args.output)
     cfg = _load_config(args)
-    with _run_of_config(args, cfg, "features", "data") as run:
+    with _stage_run(cfg, "features", "data", by_hand=args.config is None) as run:
         for step, (event, output) in enumerate(pairs):
             with _timed(output) as figures:
                 features = run_features(event, output, require_truth=args.require_truth)
@@ -322,17 +315,7 @@ def cmd_runlog(args: argparse.Namespace) -> None:
             f"{cfg.run}-{section_hash(cfg.to_dict())[:6]}",
         )
     else:
-        import json
-
-        summary_path = cfg.run_dir / "report" / "summary.json"
-        # After a success the report is up to date (Snakemake made it so). After a failure only
-        # a report written during this execution is this execution's: an older one is not.
-        current = summary_path.exists()
-        if current and args.status == "FAILED":
-            started = (tracking.read_marker(target.marker) or {}).get("started_at")
-            current = isinstance(started, int | float) and (summary_path.stat().st_mtime >= started)
-        summary = json.loads(summary_path.read_text()) if current else {}
-        artifacts = sorted((cfg.run_dir / "report").glob("*")) if summary else []
+        summary, artifacts = tracking.execution_report(target, cfg.run_dir / "report", args.status)
         tracking.finish_pipeline_run(target, summary, artifacts, status=args.status)
         if summary:
             from trackgnn.evaluation.report import format_table

@@ -14,6 +14,7 @@ from trackgnn.tracking.names import KIND_TAG, PARENT_RUN_TAG
 from trackgnn.tracking.runs import (
     RUN_STATUSES,
     Target,
+    execution_report,
     finish_pipeline_run,
     read_marker,
     stage_run,
@@ -28,6 +29,7 @@ __all__ = [
     "RUN_STATUSES",
     "RunLogger",
     "Target",
+    "execution_report",
     "finish_pipeline_run",
     "init_store",
     "mlflow_env",

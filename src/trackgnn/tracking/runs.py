@@ -144,6 +144,26 @@ def start_pipeline_run(
     return run.run_id
 
 
+def execution_report(
+    target: Target, report_dir: str | os.PathLike[str], status: str
+) -> tuple[dict[str, Any], list[Path]]:
+    """The summary (``report_dir/summary.json``) and artifacts of the ending pipeline execution.
+
+    After a success the report is up to date (Snakemake made it so). After a failure only a report
+    written during this execution (since the marker's ``started_at``) is this execution's: an
+    older one is not, and the result is then empty.
+    """
+    report_dir = Path(report_dir)
+    summary_path = report_dir / "summary.json"
+    current = summary_path.exists()
+    if current and status.upper() == "FAILED":
+        started = (read_marker(target.marker) or {}).get("started_at")
+        current = isinstance(started, int | float) and summary_path.stat().st_mtime >= started
+    if not current:
+        return {}, []
+    return json.loads(summary_path.read_text()), sorted(report_dir.glob("*"))
+
+
 def finish_pipeline_run(
     target: Target,
     summary: Mapping[str, Any] | str | os.PathLike[str] | None = None,
