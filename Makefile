@@ -6,6 +6,9 @@
 
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
+# pytest-xdist workers of `make test`: the end-to-end tests mostly wait on subprocesses and
+# SLURM polling, so two workers overlap them on two cores
+TEST_WORKERS ?= 2
 VENV := .venv
 STAMP := $(VENV)/.installed
 # The torch spec of the installed build, rewritten (so newer than the stamps) only when
@@ -35,7 +38,7 @@ run: $(STAMP)
 	$(VENV)/bin/snakemake $(SNAKEMAKE_ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

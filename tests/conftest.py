@@ -168,3 +168,27 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     result = snakemake(work, configs=[SMOKE, base])
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return SimpleNamespace(work=work, base=base, run=work / "results" / SMOKE_RUN)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Group tests for pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``): each test
+    module on one worker, so its module fixtures (the SLURM cluster) are built once; and every
+    test of the shared smoke run on one worker, so it is trained once and never used by two
+    Snakemake processes at a time."""
+    if "smoke_run" in getattr(item, "fixturenames", ()):
+        group = "smoke_run"
+    else:
+        group = item.nodeid.split("::", 1)[0]
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse to run when pytest-xdist's loadgroup silently lost the groups (pytest 9.2 with
+    pytest-xdist 3.8, pytest-xdist issue 1386): split modules would start two SLURM clusters on
+    one port and run two Snakemake processes in the smoke run's directory."""
+    if getattr(session.config.option, "loadgroup", False) and session.items:
+        if "@" not in session.items[0].nodeid:
+            raise pytest.UsageError(
+                "pytest-xdist --dist loadgroup did not group the tests (pytest-xdist issue "
+                "1386, pytest 9.2); install the test extra's pytest (<9.2)"
+            )
