@@ -9,7 +9,8 @@ figures are then reported at that cut, so the choice never sees the test events.
 
 Prints one JSON line per (split, method, cut) with pooled technical efficiency (pT > signal
 cut), purity and mean TrackML score, then one ``"statistic": "chosen"`` line per method, and a
-table.
+table, and per method why the test events' unmatched tracks at the chosen cut are unmatched
+(fragments of a split particle, or no majority particle).
 
     python bench/track_building.py --config results/default/configs/config-<hash>.yaml
     python bench/track_building.py --config ... --methods components --cuts 0.5 0.9
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from trackgnn.config import load_config
-from trackgnn.evaluation import EvaluationCuts, event_track_metrics
+from trackgnn.evaluation import EvaluationCuts, event_track_metrics, match_event
 from trackgnn.event_data import load_graph
 from trackgnn.graph.components import build_tracks, submission_frame
 from trackgnn.io import read_event
@@ -88,6 +89,40 @@ def evaluate(
     }
 
 
+def unmatched_tracks(
+    events: list[tuple[Any, Any, torch.Tensor]], method: str, cut: float, cuts: EvaluationCuts
+) -> dict[str, int]:
+    """Why tracks are unmatched: ``fragment`` (its majority particle's hits are split, the track
+    holds at most half of them) or ``no_majority`` (no particle holds more than half of the
+    track: merged tracks, or noise), with ``particle_unmatched``: fragments whose particle has
+    no matched track at all."""
+    counts = {"tracks": 0, "unmatched": 0, "fragment": 0, "no_majority": 0}
+    counts["particle_unmatched"] = 0
+    for event, graph, edge_scores in events:
+        labels = build_tracks(
+            graph.n_hits,
+            graph.edge_index,
+            edge_scores,
+            score_cut=cut,
+            min_length=cuts.min_track_length,
+            method=method,  # type: ignore[arg-type]
+        )
+        submission = submission_frame(
+            graph.hit_id, labels, "bench", event.truth["hit_id"].to_numpy()
+        )
+        match = match_event(event.truth, event.particles, submission, cuts)
+        tracks, particles = match.tracks, match.particles.set_index("particle_id")
+        unmatched = tracks[~tracks["matched"]]
+        has_majority = unmatched["majority_particle"] != 0
+        majority = particles.loc[unmatched.loc[has_majority, "majority_particle"]]
+        counts["tracks"] += len(tracks)
+        counts["unmatched"] += len(unmatched)
+        counts["no_majority"] += int((~has_majority).sum())
+        counts["fragment"] += int(has_majority.sum())
+        counts["particle_unmatched"] += int((~majority["matched"].to_numpy()).sum())
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="the run's resolved config")
@@ -124,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{test['technical_efficiency']:>8.4f} {test['purity']:>11.4f} "
             f"{test['trackml_score']:>10.4f}"
         )
+        why = unmatched_tracks(events, method, best, cuts)  # the test events
+        print(json.dumps({"statistic": "unmatched_test_tracks", "method": method, **why}))
     return 0
 
 
