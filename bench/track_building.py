@@ -54,6 +54,22 @@ def scored_events(config: Path, split: str) -> list[tuple[Any, Any, torch.Tensor
     return result
 
 
+def _submission(
+    event: Any, graph: Any, edge_scores: torch.Tensor, method: str, cut: float, cuts: EvaluationCuts
+) -> Any:
+    """The event's tracks built by ``method`` at ``cut``, as a TrackML submission."""
+    labels = build_tracks(
+        graph.n_hits,
+        graph.edge_index,
+        edge_scores,
+        score_cut=cut,
+        min_length=cuts.min_track_length,
+        method=method,  # type: ignore[arg-type]
+    )
+    submission = submission_frame(graph.hit_id, labels, "bench", event.truth["hit_id"].to_numpy())
+    return submission
+
+
 def evaluate(
     events: list[tuple[Any, Any, torch.Tensor]],
     method: str,
@@ -65,17 +81,7 @@ def evaluate(
     totals = {"tech_k": 0, "tech_n": 0, "pur_k": 0, "pur_n": 0}
     scores = []
     for event, graph, edge_scores in events:
-        labels = build_tracks(
-            graph.n_hits,
-            graph.edge_index,
-            edge_scores,
-            score_cut=cut,
-            min_length=cuts.min_track_length,
-            method=method,  # type: ignore[arg-type]
-        )
-        submission = submission_frame(
-            graph.hit_id, labels, "bench", event.truth["hit_id"].to_numpy()
-        )
+        submission = _submission(event, graph, edge_scores, method, cut, cuts)
         counts, _ = event_track_metrics(event.truth, event.particles, submission, cuts)
         totals["tech_k"] += counts[f"n_reconstructable_matched.{signal}"]
         totals["tech_n"] += counts[f"n_reconstructable.{signal}"]
@@ -99,17 +105,7 @@ def unmatched_tracks(
     counts = {"tracks": 0, "unmatched": 0, "fragment": 0, "no_majority": 0}
     counts["particle_unmatched"] = 0
     for event, graph, edge_scores in events:
-        labels = build_tracks(
-            graph.n_hits,
-            graph.edge_index,
-            edge_scores,
-            score_cut=cut,
-            min_length=cuts.min_track_length,
-            method=method,  # type: ignore[arg-type]
-        )
-        submission = submission_frame(
-            graph.hit_id, labels, "bench", event.truth["hit_id"].to_numpy()
-        )
+        submission = _submission(event, graph, edge_scores, method, cut, cuts)
         match = match_event(event.truth, event.particles, submission, cuts)
         tracks, particles = match.tracks, match.particles.set_index("particle_id")
         unmatched = tracks[~tracks["matched"]]
