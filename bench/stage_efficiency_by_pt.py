@@ -1,0 +1,62 @@
+"""Truth-edge efficiency by particle pT after each stage of a finished run.
+
+For the primaries' truth edges of the given events: the fraction present in the embedding's
+radius graph, kept by the filter, and scored at or above the GNN cut. A pT-dependent loss at
+one stage shows as a trend down its column.
+
+Usage: ``python bench/stage_efficiency_by_pt.py --run results/default --events 1018 1019 1020
+1021 --cut 0.9``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from trackgnn.event_data import load_graph, load_hits
+
+PT_BINS = np.array([0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 100.0])
+STAGES = ("graph", "filter", "gnn")
+
+
+def undirected_keys(edge_index: np.ndarray, n_hits: int) -> np.ndarray:
+    low, high = np.minimum(edge_index[0], edge_index[1]), np.maximum(edge_index[0], edge_index[1])
+    return low.astype(np.int64) * n_hits + high
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="the run directory, e.g. results/default")
+    parser.add_argument("--events", type=int, nargs="+", required=True, help="event ids")
+    parser.add_argument("--cut", type=float, default=0.9, help="GNN score cut")
+    args = parser.parse_args()
+    n_bins = len(PT_BINS) - 1
+    total = np.zeros(n_bins)
+    found = {stage: np.zeros(n_bins) for stage in STAGES}
+    for event_id in args.events:
+        name = f"event{event_id:09d}.pt"
+        hits = load_hits(f"{args.run}/features/{name}")
+        truth = hits.truth_edges.numpy()
+        primary = hits.primary.numpy()[truth[0]]
+        keys = undirected_keys(truth[:, primary], hits.n_hits)
+        pt_bin = np.digitize(hits.pt.numpy()[truth[0]][primary], PT_BINS) - 1
+        inside = (pt_bin >= 0) & (pt_bin < n_bins)
+        total += np.bincount(pt_bin[inside], minlength=n_bins)[:n_bins]
+        for stage in STAGES:
+            graph = load_graph(f"{args.run}/{stage}/{name}")
+            edges = graph.edge_index.numpy()
+            if stage == "gnn":
+                edges = edges[:, graph.scores.numpy() >= args.cut]
+            present = np.isin(keys, undirected_keys(edges, hits.n_hits))
+            found[stage] += np.bincount(pt_bin[inside], weights=present[inside], minlength=n_bins)[
+                :n_bins
+            ]
+    print("pT (GeV)      truth edges  " + "  ".join(f"{s:>6}" for s in STAGES))
+    for j in range(n_bins):
+        ratios = "  ".join(f"{found[s][j] / max(total[j], 1):6.4f}" for s in STAGES)
+        print(f"{PT_BINS[j]:5.2f}-{PT_BINS[j + 1]:<7.2f} {int(total[j]):11d}  {ratios}")
+
+
+if __name__ == "__main__":
+    main()
