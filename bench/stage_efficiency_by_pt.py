@@ -15,14 +15,10 @@ import argparse
 import numpy as np
 
 from trackgnn.event_data import load_graph, load_hits
+from trackgnn.graph.truth import truth_edge_mask
 
 PT_BINS = np.array([0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 100.0])
 STAGES = ("graph", "filter", "gnn")
-
-
-def undirected_keys(edge_index: np.ndarray, n_hits: int) -> np.ndarray:
-    low, high = np.minimum(edge_index[0], edge_index[1]), np.maximum(edge_index[0], edge_index[1])
-    return low.astype(np.int64) * n_hits + high
 
 
 def main() -> None:
@@ -37,18 +33,18 @@ def main() -> None:
     for event_id in args.events:
         name = f"event{event_id:09d}.pt"
         hits = load_hits(f"{args.run}/features/{name}")
-        truth = hits.truth_edges.numpy()
-        primary = hits.primary.numpy()[truth[0]]
-        keys = undirected_keys(truth[:, primary], hits.n_hits)
-        pt_bin = np.digitize(hits.pt.numpy()[truth[0]][primary], PT_BINS) - 1
+        primary = hits.primary[hits.truth_edges[0]]
+        truth = hits.truth_edges[:, primary]
+        pt_bin = np.digitize(hits.pt[truth[0]].numpy(), PT_BINS) - 1
         inside = (pt_bin >= 0) & (pt_bin < n_bins)
         total += np.bincount(pt_bin[inside], minlength=n_bins)[:n_bins]
         for stage in STAGES:
             graph = load_graph(f"{args.run}/{stage}/{name}")
-            edges = graph.edge_index.numpy()
+            edges = graph.edge_index
             if stage == "gnn":
-                edges = edges[:, graph.scores.numpy() >= args.cut]
-            present = np.isin(keys, undirected_keys(edges, hits.n_hits))
+                edges = edges[:, graph.scores >= args.cut]
+            # A truth edge is found when the stage kept it in either orientation.
+            present = truth_edge_mask(truth, edges, hits.n_hits).numpy()
             found[stage] += np.bincount(pt_bin[inside], weights=present[inside], minlength=n_bins)[
                 :n_bins
             ]

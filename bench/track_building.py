@@ -66,8 +66,7 @@ def _submission(
         min_length=cuts.min_track_length,
         method=method,  # type: ignore[arg-type]
     )
-    submission = submission_frame(graph.hit_id, labels, "bench", event.truth["hit_id"].to_numpy())
-    return submission
+    return submission_frame(graph.hit_id, labels, "bench", event.truth["hit_id"].to_numpy())
 
 
 def evaluate(
