@@ -113,32 +113,98 @@ def test_walkthrough_splits_branch_at_highest_scoring_continuation():
     assert walked.tolist() == [0, 1, 1, 1]
 
 
-def greedy_walk_reference(num_nodes: int, edge_index: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Sequential greedy: best edge first, accept while source and target slots are free."""
-    order = np.argsort(-scores, kind="stable")
-    has_out = np.zeros(num_nodes, bool)
-    has_in = np.zeros(num_nodes, bool)
-    selected = np.zeros(len(scores), bool)
-    for e in order:
-        u, v = edge_index[:, e]
-        if u != v and not has_out[u] and not has_in[v]:
-            selected[e] = has_out[u] = has_in[v] = True
+def longest_path_walk_reference(
+    num_nodes: int, edge_index: np.ndarray, scores: np.ndarray
+) -> np.ndarray:
+    """Plain-Python walkthrough: longest paths by memoised recursion, then mutual choices."""
+    edges = [(int(u), int(v), e) for e, (u, v) in enumerate(edge_index.T) if u != v]
+    # rank by score, equal scores by edge order (the later edge ranks higher)
+    rank = {e: i for i, e in enumerate(sorted((e for _, _, e in edges), key=lambda e: scores[e]))}
+
+    def longest(node: int, forward: bool, memo: dict[int, int]) -> int:
+        if node not in memo:
+            nxt = (
+                [v for u, v, _ in edges if u == node]
+                if forward
+                else [u for u, v, _ in edges if v == node]
+            )
+            memo[node] = max((longest(n, forward, memo) + 1 for n in nxt), default=0)
+        return memo[node]
+
+    out_of: dict[int, int] = {}
+    into: dict[int, int] = {}
+    selected = np.zeros(edge_index.shape[1], bool)
+    remaining = edges
+    while remaining:
+        successor: dict[int, tuple] = {}
+        predecessor: dict[int, tuple] = {}
+        for u, v, e in remaining:
+            key = (longest(v, True, out_of), rank[e])
+            if u not in successor or key > successor[u][0]:
+                successor[u] = (key, e)
+            key = (longest(u, False, into), rank[e])
+            if v not in predecessor or key > predecessor[v][0]:
+                predecessor[v] = (key, e)
+        accepted = [
+            (u, v, e) for u, v, e in remaining if successor[u][1] == e and predecessor[v][1] == e
+        ]
+        if not accepted:
+            break
+        for _, _, e in accepted:
+            selected[e] = True
+        has_out = {u for u, _, _ in accepted}
+        has_in = {v for _, v, _ in accepted}
+        remaining = [
+            (u, v, e)
+            for u, v, e in remaining
+            if not selected[e] and u not in has_out and v not in has_in
+        ]
     return selected
 
 
+def random_dag(rng: np.random.Generator, num_nodes: int, num_edges: int) -> torch.Tensor:
+    """Random edges directed from the smaller to the larger node (acyclic, as the pipeline's
+    inner -> outer orientation), with repeats and self-loops."""
+    edges = rng.integers(0, num_nodes, size=(2, num_edges))
+    return torch.from_numpy(np.sort(edges, axis=0))
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_walkthrough_edges_equal_sequential_greedy(seed):
+def test_walkthrough_edges_equal_plain_longest_path_walk(seed):
     rng = np.random.default_rng(seed)
-    num_nodes, num_edges = 120, 400
-    edge_index = random_graph(rng, num_nodes, num_edges)
+    num_nodes, num_edges = 120, 300
+    edge_index = random_dag(rng, num_nodes, num_edges)
     # Coarse scores create ties, which must break by edge order as in the reference.
     scores = torch.from_numpy(rng.integers(0, 20, num_edges) / 20.0)
     selected = walkthrough_edges(num_nodes, edge_index, scores)
-    expected = greedy_walk_reference(num_nodes, edge_index.numpy(), scores.numpy())
+    expected = longest_path_walk_reference(num_nodes, edge_index.numpy(), scores.numpy())
     np.testing.assert_array_equal(selected.numpy(), expected)
     kept = edge_index[:, selected]
     assert torch.bincount(kept[0], minlength=num_nodes).max() <= 1
     assert torch.bincount(kept[1], minlength=num_nodes).max() <= 1
+
+
+def test_walkthrough_keeps_a_track_through_overlapping_modules_whole():
+    # Hits 0, 1, (2, 3), 4, 5: hits 2 and 3 are one particle crossing two overlapping modules of
+    # one layer, so 1 -> 2, 1 -> 3, 2 -> 3, 2 -> 4, 3 -> 4 all join the particle's hits. Taking
+    # the best-scoring edges first (1 -> 3, then 2 -> 4) would cut the track into 0 1 3 | 2 4 5.
+    edge_index = torch.tensor([[0, 1, 1, 2, 2, 3, 4], [1, 2, 3, 3, 4, 4, 5]])
+    scores = torch.tensor([0.95, 0.90, 0.99, 0.92, 0.99, 0.91, 0.95])
+    walked = build_tracks(6, edge_index, scores, 0.5, 3, "walkthrough")
+    assert walked.tolist() == [0] * 6
+    # A fake edge 2 -> 7 joining another track (6 7 8 9) at a junction: both tracks stay apart.
+    fake = torch.tensor([[2, 6, 7, 8], [7, 7, 8, 9]])
+    joined = torch.cat([edge_index, fake], dim=1)
+    walked = build_tracks(
+        10,
+        joined,
+        torch.cat([scores, torch.tensor([0.6, 0.97, 0.97, 0.97])]),
+        0.5,
+        3,
+        "walkthrough",
+    )
+    assert walked.tolist() == [0] * 6 + [1] * 4
+    assert build_tracks(10, joined, None, 0.5, 3, "components").tolist() == [0] * 10
 
 
 def test_build_tracks_rejects_bad_input():

@@ -1,8 +1,8 @@
 """Track building: from scored edges to a hit -> track assignment.
 
 Edges scoring above a cut are kept; each connected component of the kept graph is a track candidate
-(``method="components"``), or branching components are split into simple paths by keeping, for every
-hit, its highest-scoring continuation (``method="walkthrough"``). Candidates shorter than
+(``method="components"``), or branching components are split into simple paths along their
+longest paths (``method="walkthrough"``, see :func:`walkthrough_edges`). Candidates shorter than
 ``min_length`` hits are dissolved: their hits belong to no track.
 
 Labels use ``-1`` for "no track" and ``0..K-1`` for tracks, numbered by their lowest node index so
@@ -148,17 +148,56 @@ def _min_node_labels(labels: torch.Tensor) -> torch.Tensor:
     return first[dense]
 
 
-def walkthrough_edges(
-    num_nodes: int, edge_index: torch.Tensor, scores: torch.Tensor
+def _longest_path_lengths(
+    num_nodes: int, src: torch.Tensor, dst: torch.Tensor, max_rounds: int
 ) -> torch.Tensor:
-    """Select edges so every hit keeps at most one successor and one predecessor.
+    """Edges on the longest path ending at each node (``src -> dst`` taken as acyclic).
 
-    Edges are directed ``edge_index[0] -> edge_index[1]``. The result equals the sequential greedy
-    walk "take edges in decreasing score, accept an edge when its source has no successor yet and
-    its target no predecessor yet" (ties broken by edge order), computed in parallel rounds: an
-    edge is accepted when it is the best remaining edge both among its source's outgoing and its
-    target's incoming edges; then edges touching filled slots are dropped. Every round accepts at
-    least the best remaining edge, so the loop ends. Self-loops are never selected.
+    Parallel relaxation: each round extends every path by one edge, so a DAG converges in as
+    many rounds as its longest path; a cycle would grow without end and is cut at ``max_rounds``.
+    """
+    length = torch.zeros(num_nodes, dtype=torch.long, device=src.device)
+    for _ in range(max_rounds):
+        longer = length.scatter_reduce(0, dst, length[src] + 1, reduce="amax")
+        if torch.equal(longer, length):
+            break
+        length = longer
+    return length
+
+
+def _best_edge_per_node(node: torch.Tensor, key: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """Bool [E]: the edge with the largest ``key`` (keys are unique) among those of its ``node``."""
+    best = torch.full((num_nodes,), -1, dtype=key.dtype, device=key.device)
+    best.scatter_reduce_(0, node, key, reduce="amax")
+    return best[node] == key
+
+
+def walkthrough_edges(
+    num_nodes: int, edge_index: torch.Tensor, scores: torch.Tensor, max_rounds: int = 1000
+) -> torch.Tensor:
+    """Select edges so that every hit keeps at most one successor and one predecessor, along the
+    longest paths through each branching component (a walk-through that handles junctions).
+
+    Edges are directed ``edge_index[0] -> edge_index[1]`` (inner to outer hit, as the pipeline
+    orients them), which makes the graph acyclic. For each hit, the lengths (in edges) of the
+    longest path ending at it (``into``) and starting from it (``out_of``) are computed by parallel
+    relaxation. Each hit then chooses as successor the outgoing edge whose target starts the
+    longest continuation, and as predecessor the incoming edge whose source ends the longest
+    approach; ties go to the higher score, then the later edge. An edge is selected when both of
+    its hits choose it; then the choices are made again among the edges whose hits are both still
+    free, until no edge is chosen by both (a track that lost a junction keeps its own start). A
+    simple path (a track without junctions) keeps every edge. A particle
+    crossing two overlapping modules of one layer (hits ``b1``, ``b2`` at almost the same radius,
+    edges ``a->b1``, ``a->b2``, ``b1->b2``, ``b1->c``, ``b2->c``) stays one path ``a b1 b2 c``,
+    where a greedy best-score-first choice can cut it in two. A fake edge joining two tracks is
+    not on either track's longest path unless it lengthens it, and on a tie the true edges'
+    higher scores keep the tracks apart. Self-loops are never selected.
+
+    Args:
+        num_nodes: number of hits N.
+        edge_index: LongTensor [2, E], directed inner -> outer.
+        scores: edge scores [E] (ties between equally long paths).
+        max_rounds: relaxation rounds at most (a DAG needs its longest path's length).
 
     Returns:
         BoolTensor [E], True for selected edges.
@@ -166,29 +205,33 @@ def walkthrough_edges(
     _check_graph(num_nodes, edge_index, scores)
     device = edge_index.device
     num_edges = edge_index.shape[1]
-    src, dst = edge_index[0].long(), edge_index[1].long()
-    # rank 0 = best edge; a strict total order makes "best" unique.
-    order = torch.sort(scores.float(), descending=True, stable=True).indices
-    rank = torch.empty(num_edges, dtype=torch.long, device=device)
-    rank[order] = torch.arange(num_edges, device=device)
-
     selected = torch.zeros(num_edges, dtype=torch.bool, device=device)
+    candidate = torch.nonzero(edge_index[0] != edge_index[1]).squeeze(1)
+    if candidate.numel() == 0:
+        return selected
+    src, dst = edge_index[0, candidate].long(), edge_index[1, candidate].long()
+    into = _longest_path_lengths(num_nodes, src, dst, max_rounds)
+    out_of = _longest_path_lengths(num_nodes, dst, src, max_rounds)
+    # Unique tie-breaks: each edge's rank by score (ascending; equal scores by edge order).
+    order = torch.sort(scores[candidate].float(), stable=True).indices
+    score_rank = torch.empty_like(order)
+    score_rank[order] = torch.arange(order.numel(), device=device)
+    span = order.numel()
+    successor_key = out_of[dst] * span + score_rank
+    predecessor_key = into[src] * span + score_rank
     has_successor = torch.zeros(num_nodes, dtype=torch.bool, device=device)
     has_predecessor = torch.zeros(num_nodes, dtype=torch.bool, device=device)
-    candidate = torch.nonzero(src != dst).squeeze(1)
-    sentinel = num_edges  # larger than any rank
-    while candidate.numel():
-        c_src, c_dst, c_rank = src[candidate], dst[candidate], rank[candidate]
-        best_out = torch.full((num_nodes,), sentinel, dtype=torch.long, device=device)
-        best_out.scatter_reduce_(0, c_src, c_rank, reduce="amin")
-        best_in = torch.full((num_nodes,), sentinel, dtype=torch.long, device=device)
-        best_in.scatter_reduce_(0, c_dst, c_rank, reduce="amin")
-        accept = (best_out[c_src] == c_rank) & (best_in[c_dst] == c_rank)
-        selected[candidate[accept]] = True
-        has_successor[c_src[accept]] = True
-        has_predecessor[c_dst[accept]] = True
-        still_free = ~has_successor[c_src] & ~has_predecessor[c_dst]
-        candidate = candidate[still_free]
+    remaining = torch.arange(span, device=device)
+    while remaining.numel():
+        r_src, r_dst = src[remaining], dst[remaining]
+        accept = _best_edge_per_node(r_src, successor_key[remaining], num_nodes)
+        accept &= _best_edge_per_node(r_dst, predecessor_key[remaining], num_nodes)
+        if not accept.any():
+            break
+        selected[candidate[remaining[accept]]] = True
+        has_successor[r_src[accept]] = True
+        has_predecessor[r_dst[accept]] = True
+        remaining = remaining[~has_successor[r_src] & ~has_predecessor[r_dst]]
     return selected
 
 
@@ -212,7 +255,7 @@ def build_tracks(
         score_cut: edges with ``score > score_cut`` are kept.
         min_length: candidates with fewer hits are dissolved (their hits get ``-1``).
         method: ``components`` (connected components) or ``walkthrough`` (components split into
-            simple paths along the highest-scoring continuations, see :func:`walkthrough_edges`).
+            simple paths along their longest paths, see :func:`walkthrough_edges`).
         device: where to compute (default: the device of ``edge_index``).
         backend: connected-components backend (see :func:`connected_components`).
 
