@@ -281,3 +281,29 @@ def test_phi_sectors_partition_the_edges_by_inner_hit_azimuth() -> None:
         assert ((inner_phi >= low - 1e-6) & (inner_phi <= high + 1e-6)).all()
         assert part.x.shape[0] == len(torch.unique(edge_index[:, ids]))
     assert split_phi_sectors(graph, phi, 1) == [graph]
+
+
+def test_trackml_pt_weights_favour_high_pt_true_edges_and_leave_fakes_at_one() -> None:
+    from trackgnn.event_data import EventGraph
+    from trackgnn.training.gnn import training_batch
+
+    contents = toy_event(7, n_tracks=4, hits_per_track=5, n_fake=50)
+    track = contents["particle_id"] - 1
+    contents["pt"] = torch.tensor([0.3, 1.0, 3.0, 10.0])[track]  # one pT per toy track
+    graph = EventGraph.from_dict(contents, "toy")
+    true = graph.y_pid > 0.5
+
+    uniform = training_batch(graph, small_cfg(Path("unused")).gnn)
+    assert torch.equal(uniform.weight, torch.ones(graph.n_edges))
+
+    weighted = training_batch(graph, small_cfg(Path("unused"), true_edge_weights="trackml_pt").gnn)
+    assert torch.equal(weighted.weight[~true], torch.ones(int((~true).sum())))
+    assert float(weighted.weight[true].mean()) == pytest.approx(1.0)
+    # TrackML pT weight: 0.2 at 0.3 GeV, 0.2 + 0.8 * 0.5 / 2.5 = 0.36 at 1 GeV, 1 from 3 GeV
+    by_track = {
+        int(t): float(weighted.weight[true][track[graph.edge_index[0, true]] == t][0])
+        for t in range(4)
+    }
+    assert by_track[1] / by_track[0] == pytest.approx(0.36 / 0.2)
+    assert by_track[2] == pytest.approx(by_track[3])
+    assert by_track[2] / by_track[0] == pytest.approx(5.0)

@@ -28,12 +28,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from trackgnn.config import Config, GNNConfig, training_settings
-from trackgnn.event_data import GraphBatch, load_graph
+from trackgnn.event_data import EventGraph, GraphBatch, load_graph
 from trackgnn.models.checkpoint import resolve_device
 from trackgnn.models.interaction_gnn import InteractionGNN
 from trackgnn.models.mlp import angle_columns
 from trackgnn.process import peak_rss_mb, process_rank
 from trackgnn.scoring import KIND, edge_classification_metrics
+from trackgnn.simulation.weights import weight_pt
 from trackgnn.training.checkpoint import ResumableModule, input_fingerprint, resume_key
 from trackgnn.training.distributed import gradient_sync_stats, trainer_kwargs
 from trackgnn.training.driver import MetricsSink, TrainedStage, train_stage
@@ -184,6 +185,35 @@ class GNNModule(ResumableModule):
         return one_cycle_optimization(optimizer, self.total_steps)
 
 
+def trackml_pt_edge_weights(graph: EventGraph) -> Tensor:
+    """Loss weights ``[E]``: 1 for fake edges, the TrackML pT weight for true edges.
+
+    Exa.TrkX ("Performance of a geometric deep learning pipeline for HL-LHC particle tracking",
+    arXiv:2103.06995, sec. 6) weights true edges up by the TrackML hit weights, normalised to
+    mean 1, so the model favours the tracks the TrackML score counts most. A filtered graph
+    carries the pT factor of those weights (:func:`trackgnn.simulation.weights.weight_pt`: 0.2
+    up to 0.5 GeV, linear to 1 at 3 GeV), not the hits' order along the particle, so true edges
+    get the pT weight of their particle, normalised to mean 1 over the event's true edges.
+    """
+    weight = torch.ones(graph.n_edges)
+    true = graph.y_pid > 0.5
+    if not bool(true.any()):
+        return weight
+    pt = graph.pt[graph.edge_index[0, true]].double().numpy()
+    pt_weight = torch.from_numpy(weight_pt(pt)).float()
+    if float(pt_weight.sum()) > 0:
+        weight[true] = pt_weight / pt_weight.mean()
+    return weight
+
+
+def training_batch(graph: EventGraph, settings: GNNConfig) -> GraphBatch:
+    """The batch a training event contributes, with the loss weights of ``true_edge_weights``."""
+    batch = graph.to_batch()
+    if settings.true_edge_weights == "trackml_pt":
+        batch = replace(batch, weight=trackml_pt_edge_weights(graph))
+    return batch
+
+
 def validation_loader(graphs: Sequence[GraphBatch], rank: int, world: int) -> DataLoader:
     """This rank's validation events: every ``world``-th, from the ``rank``-th.
 
@@ -277,7 +307,8 @@ def train_gnn(
     rank, world = (process_rank() if g.world_size > 1 else 0), g.world_size
     _share_threads(cfg)
     first = load_graph(train_files[0])
-    train_graphs = [first.to_batch()] + [load_graph(f).to_batch() for f in train_files[1:]]
+    train_graphs = [training_batch(first, g)]
+    train_graphs += [training_batch(load_graph(f), g) for f in train_files[1:]]
     val_graphs = [load_graph(f).to_batch() for f in val_files]
     phi_columns = angle_columns(first.feature_names)
     stream = training_stream(
