@@ -193,15 +193,13 @@ def trackml_pt_edge_weights(graph: EventGraph) -> Tensor:
     mean 1, so the model favours the tracks the TrackML score counts most. A filtered graph
     carries the pT factor of those weights (:func:`trackgnn.simulation.weights.weight_pt`: 0.2
     up to 0.5 GeV, linear to 1 at 3 GeV), not the hits' order along the particle, so true edges
-    get the pT weight of their particle, normalised to mean 1 over the event's true edges.
+    get the pT weight of their particle, normalised over the event's true edges.
     """
     weight = torch.ones(graph.n_edges)
     true = graph.y_pid > 0.5
-    if not bool(true.any()):
-        return weight
     pt = graph.pt[graph.edge_index[0, true]].double().numpy()
     pt_weight = torch.from_numpy(weight_pt(pt)).float()
-    if float(pt_weight.sum()) > 0:
+    if float(pt_weight.sum()) > 0:  # else no true edge (or none above 0.05 GeV) to weight
         weight[true] = pt_weight / pt_weight.mean()
     return weight
 
