@@ -6,9 +6,7 @@ import numpy as np
 import torch
 
 from tests.test_io import small_event
-from trackgnn.features import FEATURE_NAMES, build_features, truth_graph
-from trackgnn.geometry import Detector
-from trackgnn.simulation.generator import simulate_event
+from trackgnn.features import build_features, truth_graph
 
 
 def test_truth_graph_connects_consecutive_layers_and_all_overlap_pairs() -> None:
@@ -32,11 +30,11 @@ def test_truth_graph_orders_by_distance_not_by_input_order() -> None:
 
 def test_build_features_values() -> None:
     feats = build_features(small_event())
-    assert feats.x.shape == (6, 10) and feats.x.dtype == torch.float32
+    assert feats.x.shape == (6, 8) and feats.x.dtype == torch.float32
     r = torch.hypot(torch.tensor([30.0, 70, 115, 0, 0, 50]), torch.tensor([1.0, 2, 3, 32, 72, 50]))
     torch.testing.assert_close(feats.r, r)
     # hit 1 has two cells: count 2, extent u 2 (ch0 10..11), extent v 1
-    torch.testing.assert_close(feats.x[0, 4:8], torch.log1p(torch.tensor([2.0, 0.15, 2.0, 1.0])))
+    torch.testing.assert_close(feats.x[0, 4:], torch.log1p(torch.tensor([2.0, 0.15, 2.0, 1.0])))
     assert feats.particle_id[5] == 0 and feats.pt[5] == 0
     torch.testing.assert_close(feats.pt[:3], torch.ones(3))
     assert feats.nhits.tolist() == [3, 3, 3, 2, 2, 0]
@@ -51,29 +49,3 @@ def test_features_without_truth() -> None:
     feats = build_features(event)
     assert feats.truth_edges.shape == (2, 0)
     assert (feats.particle_id == 0).all()
-
-
-def test_cluster_direction_follows_the_particle_in_the_pixel_barrel_and_is_zero_in_strips() -> None:
-    event, _ = simulate_event(Detector.load(), event_id=1, mu=10, seed=3)
-    feats = build_features(event)
-    cluster_eta = feats.x[:, FEATURE_NAMES.index("cluster_eta")].numpy() * 4.0
-    cluster_dphi = feats.x[:, FEATURE_NAMES.index("cluster_dphi")].numpy() * np.pi
-    r, z, eta = feats.r.numpy(), feats.z.numpy(), feats.particle_eta.numpy()
-    barrel = (feats.particle_id.numpy() != 0) & feats.primary.numpy() & (r < 200) & (abs(z) < 480)
-    barrel &= feats.pt.numpy() > 0.5
-    assert barrel.sum() > 200
-    # The v extent measures |cot theta| of the crossing once rotated to the global frame.
-    assert np.corrcoef(cluster_eta[barrel], eta[barrel])[0, 1] > 0.9
-    assert np.median(np.abs(cluster_eta[barrel] - eta[barrel])) < 0.25
-    forward = barrel & (np.abs(eta) > 0.5)
-    assert np.mean(np.sign(cluster_eta[forward]) == np.sign(eta[forward])) > 0.93
-    # Strips measure one axis: no pseudorapidity; azimuth always within [0, pi].
-    assert (cluster_eta[r > 300] == 0).all()
-    assert ((cluster_dphi >= 0) & (cluster_dphi <= np.pi)).all()
-
-
-def test_cluster_direction_is_zero_without_cells() -> None:
-    event = small_event()
-    event.cells = None
-    feats = build_features(event)
-    assert (feats.x[:, FEATURE_NAMES.index("cluster_eta") :] == 0).all()

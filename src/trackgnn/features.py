@@ -13,9 +13,7 @@ import pandas as pd
 import torch
 
 from trackgnn.event_data import EventHits, save_event
-from trackgnn.geometry import Detector
 from trackgnn.io import Event, read_event
-from trackgnn.simulation.digitisation import ENDCAP_DEPTH_FACTOR
 
 FEATURE_NAMES: list[str] = [
     "r",
@@ -26,8 +24,6 @@ FEATURE_NAMES: list[str] = [
     "cell_value",
     "extent_u",
     "extent_v",
-    "cluster_eta",
-    "cluster_dphi",
 ]
 
 # particle_id bit fields of the TrackML dataset: generation bits 24-35, secondary id bits 12-23.
@@ -62,64 +58,6 @@ def cell_features(hit_id: np.ndarray, cells: pd.DataFrame | None) -> np.ndarray:
         np.maximum.at(hi, pos, ch)
         has = out[:, 0] > 0
         out[has, col] = hi[has] - lo[has] + 1
-    return out
-
-
-def cluster_direction(
-    hits: pd.DataFrame, shape: np.ndarray, detector: Detector | None = None
-) -> np.ndarray:
-    """Track direction at each hit from its cluster's shape and its module's orientation, [N, 2].
-
-    Columns: pseudorapidity of the direction (pixel hits only; strips measure one axis) and its
-    azimuth relative to the hit's, ``|phi_dir - phi_hit|`` in [0, pi]. The global cluster shape
-    of "Beyond 4D tracking: using cluster shapes for track seeding" (arXiv:2012.04533), which
-    roughly doubles the graph-construction purity at fixed efficiency in Exa.TrkX
-    (arXiv:2103.06995, sec. 7): a track crossing a sensor of charge-collection depth
-    ``t`` at incidence ``tan a`` fires on average ``1 + t * tan a / pitch`` channels along each
-    axis, so ``(extent - 1) * pitch`` estimates ``t * |tan a|`` in u and in v, and the module's
-    rotation takes that local direction to the global frame. The extents give no signs: of the
-    sign choices the one closest to the line from the origin is kept (tracks come from the beam
-    spot), which fixes the pseudorapidity; the sign in azimuth is the particle's charge, which
-    a cluster cannot tell, hence the absolute value.
-
-    Args:
-        hits: the event's hits (``x, y, z, volume_id, layer_id, module_id``).
-        shape: [N, 4] from :func:`cell_features` (cell count, value, extent u, extent v).
-        detector: the TrackML detector (default: the one shipped with the package).
-
-    Returns:
-        float64 [N, 2]; zero where the hit has no cells or its module is not in the detector.
-    """
-    det = Detector.load() if detector is None else detector
-    out = np.zeros((len(hits), 2))
-    module = det.find_modules(
-        *(hits[c].to_numpy(np.int64) for c in ("volume_id", "layer_id", "module_id"))
-    )
-    known = np.flatnonzero((module >= 0) & (shape[:, 0] > 0))
-    if len(known) == 0:
-        return out
-    m = module[known]
-    endcap = ~det.layer_is_barrel[det.module_layer[m]]
-    depth = det.thickness[m] * np.where(endcap, ENDCAP_DEPTH_FACTOR, 1.0)
-    lu = np.maximum(shape[known, 2] - 1.0, 0.0) * det.pitch_u[m]
-    lv = np.maximum(shape[known, 3] - 1.0, 0.0) * det.pitch_v[m]
-    position = hits[["x", "y", "z"]].to_numpy(np.float64)[known]
-    # Flipping the whole vector is the same line, so (+u, +v) and (+u, -v) are the choices.
-    best = np.zeros((len(known), 3))
-    best_alignment = np.full(len(known), -1.0)
-    for sign_v in (1.0, -1.0):
-        local = np.stack([lu, sign_v * lv, depth], axis=1)
-        direction = np.einsum("nij,nj->ni", det.rotation[m], local)
-        along = np.einsum("ni,ni->n", direction, position)
-        direction *= np.where(along < 0, -1.0, 1.0)[:, None]
-        alignment = np.abs(along) / np.linalg.norm(direction, axis=1)
-        better = alignment > best_alignment
-        best[better], best_alignment[better] = direction[better], alignment[better]
-    pixel = det.is_pixel[m]
-    eta = pseudorapidity(np.hypot(best[:, 0], best[:, 1]), best[:, 2])
-    out[known, 0] = np.where(pixel, eta, 0.0)
-    dphi = np.arctan2(best[:, 1], best[:, 0]) - np.arctan2(position[:, 1], position[:, 0])
-    out[known, 1] = np.abs((dphi + np.pi) % (2.0 * np.pi) - np.pi)
     return out
 
 
@@ -165,7 +103,7 @@ def truth_graph(
 def build_features(event: Event) -> EventHits:
     """Features, per-hit truth attributes and the truth graph of ``event``.
 
-    Fields: ``event_id``, ``hit_id``, ``x`` [N, 10] (normalised features, ``feature_names``),
+    Fields: ``event_id``, ``hit_id``, ``x`` [N, 8] (normalised features, ``feature_names``),
     raw ``r, phi, z, eta``, per-hit particle attributes ``particle_id`` (0 = noise), ``pt``,
     ``particle_eta``, ``nhits``, ``primary``, and ``truth_edges`` [2, T]. Without truth, the
     particle attributes are zero and the truth graph empty.
@@ -178,7 +116,6 @@ def build_features(event: Event) -> EventHits:
     eta = pseudorapidity(r, z)
     hit_id = hits["hit_id"].to_numpy()
     cells = cell_features(hit_id, event.cells)
-    direction = cluster_direction(hits, cells)
     features = np.stack(
         [
             r / 1000.0,
@@ -189,8 +126,6 @@ def build_features(event: Event) -> EventHits:
             np.log1p(cells[:, 1]),
             np.log1p(cells[:, 2]),
             np.log1p(cells[:, 3]),
-            np.clip(direction[:, 0], -4.0, 4.0) / 4.0,
-            direction[:, 1] / np.pi,
         ],
         axis=1,
     ).astype(np.float32)
