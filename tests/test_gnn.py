@@ -293,10 +293,12 @@ def test_trackml_pt_weights_favour_high_pt_true_edges_and_leave_fakes_at_one() -
     graph = EventGraph.from_dict(contents, "toy")
     true = graph.y_pid > 0.5
 
-    uniform = training_batch(graph, small_cfg(Path("unused")).gnn)
+    uniform = training_batch(graph, small_cfg(Path("unused")).gnn, 0.5)
     assert torch.equal(uniform.weight, torch.ones(graph.n_edges))
 
-    weighted = training_batch(graph, small_cfg(Path("unused"), true_edge_weights="trackml_pt").gnn)
+    weighted = training_batch(
+        graph, small_cfg(Path("unused"), true_edge_weights="trackml_pt").gnn, 0.5
+    )
     assert torch.equal(weighted.weight[~true], torch.ones(int((~true).sum())))
     assert float(weighted.weight[true].mean()) == pytest.approx(1.0)
     # TrackML pT weight: 0.2 at 0.3 GeV, 0.2 + 0.8 * 0.5 / 2.5 = 0.36 at 1 GeV, 1 from 3 GeV
@@ -307,3 +309,23 @@ def test_trackml_pt_weights_favour_high_pt_true_edges_and_leave_fakes_at_one() -
     assert by_track[1] / by_track[0] == pytest.approx(0.36 / 0.2)
     assert by_track[2] == pytest.approx(by_track[3])
     assert by_track[2] / by_track[0] == pytest.approx(5.0)
+
+
+def test_signal_weights_drop_only_true_edges_of_particles_below_signal_pt() -> None:
+    from trackgnn.event_data import EventGraph
+    from trackgnn.training.gnn import training_batch
+
+    contents = toy_event(7, n_tracks=4, hits_per_track=5, n_fake=50)
+    track = contents["particle_id"] - 1
+    contents["pt"] = torch.tensor([0.3, 0.6, 3.0, 10.0])[track]
+    graph = EventGraph.from_dict(contents, "toy")
+    true = graph.y_pid > 0.5
+    low = true & (track[graph.edge_index[0]] == 0)
+    assert int(low.sum()) > 0 and int((true & ~low).sum()) > 0 and int((~true).sum()) > 0
+
+    batch = training_batch(graph, small_cfg(Path("unused"), true_edge_weights="signal").gnn, 0.5)
+    assert torch.equal(batch.weight[low], torch.zeros(int(low.sum())))
+    assert torch.equal(batch.weight[~low], torch.ones(int((~low).sum())))  # fakes stay at 1
+    # the threshold is the one given: at 0.7 GeV the 0.6 GeV track leaves the loss as well
+    higher = training_batch(graph, small_cfg(Path("unused"), true_edge_weights="signal").gnn, 0.7)
+    assert int((higher.weight == 0).sum()) == int((true & (track[graph.edge_index[0]] <= 1)).sum())

@@ -128,7 +128,7 @@ class GNNConfig:
     epochs: int
     world_size: int
     pos_weight: float
-    true_edge_weights: Literal["uniform", "trackml_pt"]
+    true_edge_weights: Literal["uniform", "trackml_pt", "signal"]
     # how long ranks wait for each other: when a failure is reported, not what is learnt
     dist_timeout_s: float = _trains()
     shadow: ShadowConfig

@@ -204,11 +204,28 @@ def trackml_pt_edge_weights(graph: EventGraph) -> Tensor:
     return weight
 
 
-def training_batch(graph: EventGraph, settings: GNNConfig) -> GraphBatch:
-    """The batch a training event contributes, with the loss weights of ``true_edge_weights``."""
+def signal_edge_weights(graph: EventGraph, signal_pt: float) -> Tensor:
+    """Loss weights ``[E]``: 0 for true edges of particles below ``signal_pt`` GeV, else 1.
+
+    The edges of the particles the technical efficiency does not count (at mu = 200 most true
+    edges: low-pT particles and their loops) leave the loss instead of competing with signal
+    tracks for a small network's capacity; they are neither true nor fake to it. ACORN's GNN
+    stage weights non-target particles' edges so (Exa.TrkX, arXiv:2103.06995).
+    """
+    true = graph.y_pid > 0.5
+    weight = torch.ones(graph.n_edges)
+    weight[true & (graph.pt[graph.edge_index[0]] < signal_pt)] = 0.0
+    return weight
+
+
+def training_batch(graph: EventGraph, settings: GNNConfig, signal_pt: float) -> GraphBatch:
+    """The batch a training event contributes, with the loss weights of ``true_edge_weights``
+    (``signal_pt``: GeV, the signal threshold of ``signal``)."""
     batch = graph.to_batch()
     if settings.true_edge_weights == "trackml_pt":
         batch = replace(batch, weight=trackml_pt_edge_weights(graph))
+    elif settings.true_edge_weights == "signal":
+        batch = replace(batch, weight=signal_edge_weights(graph, signal_pt))
     return batch
 
 
@@ -305,8 +322,9 @@ def train_gnn(
     rank, world = (process_rank() if g.world_size > 1 else 0), g.world_size
     _share_threads(cfg)
     first = load_graph(train_files[0])
-    train_graphs = [training_batch(first, g)]
-    train_graphs += [training_batch(load_graph(f), g) for f in train_files[1:]]
+    signal_pt = cfg.evaluation.signal_pt
+    train_graphs = [training_batch(first, g, signal_pt)]
+    train_graphs += [training_batch(load_graph(f), g, signal_pt) for f in train_files[1:]]
     val_graphs = [load_graph(f).to_batch() for f in val_files]
     phi_columns = angle_columns(first.feature_names)
     stream = training_stream(
