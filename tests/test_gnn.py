@@ -329,3 +329,31 @@ def test_signal_weights_drop_only_true_edges_of_particles_below_signal_pt() -> N
     # the threshold is the one given: at 0.7 GeV the 0.6 GeV track leaves the loss as well
     higher = training_batch(graph, small_cfg(Path("unused"), true_edge_weights="signal").gnn, 0.7)
     assert int((higher.weight == 0).sum()) == int((true & (track[graph.edge_index[0]] <= 1)).sum())
+
+
+def test_validation_figures_count_only_the_edges_the_loss_counts() -> None:
+    import pytorch_lightning as pl
+
+    from trackgnn.training.gnn import GNNModule, training_batch, validation_loader
+
+    contents = toy_event(3, n_tracks=6, hits_per_track=5, n_fake=60)
+    contents["pt"] = torch.tensor([0.3, 0.3, 0.3, 2.0, 2.0, 2.0])[contents["particle_id"] - 1]
+    graph = EventGraph.from_dict(contents, "toy")
+    settings = small_cfg(Path("unused"), true_edge_weights="signal").gnn
+    batch = training_batch(graph, settings, 0.5)
+    counted = batch.weight > 0
+    assert 0 < int(counted.sum()) < graph.n_edges
+
+    torch.manual_seed(0)
+    module = GNNModule({"node_features": 4, "hidden": 8, "n_iterations": 1}, settings)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.validate(module, validation_loader([batch], 0, 1), verbose=False)
+    with torch.no_grad():
+        logits = module(batch)
+    expected = edge_classification_metrics(logits[counted], batch.y[counted])
+    all_edges = edge_classification_metrics(logits, batch.y)
+    assert expected["auc"] != pytest.approx(all_edges["auc"])  # the mask matters here
+    for name in ("precision", "recall", "auc"):
+        assert float(trainer.callback_metrics[f"val_{name}"]) == pytest.approx(expected[name])

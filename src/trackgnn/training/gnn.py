@@ -157,7 +157,12 @@ class GNNModule(ResumableModule):
             return
         logits = self(batch).detach()
         loss = self._loss(logits, batch)
-        self._val.append((logits.float().cpu(), batch.y.cpu(), loss.float().cpu()))
+        # Precision, recall and AUC over the edges the loss counts (weight > 0): with
+        # ``true_edge_weights: signal`` the low-pT particles' edges are neither true nor fake.
+        counted = (batch.weight > 0).cpu()
+        self._val.append(
+            (logits.float().cpu()[counted], batch.y.cpu()[counted], loss.float().cpu())
+        )
 
     def on_validation_epoch_end(self) -> None:
         """Loss, precision, recall and AUC over all validation events, identical on every rank.
@@ -325,7 +330,7 @@ def train_gnn(
     signal_pt = cfg.evaluation.signal_pt
     train_graphs = [training_batch(first, g, signal_pt)]
     train_graphs += [training_batch(load_graph(f), g, signal_pt) for f in train_files[1:]]
-    val_graphs = [load_graph(f).to_batch() for f in val_files]
+    val_graphs = [training_batch(load_graph(f), g, signal_pt) for f in val_files]
     phi_columns = angle_columns(first.feature_names)
     stream = training_stream(
         cfg,
