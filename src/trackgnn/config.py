@@ -147,7 +147,8 @@ class EvaluationConfig:
     max_eta: float
     # the embedding's training weights signal hits of particles with this many hits
     min_hits: int = _trains("embedding")
-    signal_pt: float
+    # the GNN's loss leaves out true edges below it under gnn.true_edge_weights: signal
+    signal_pt: float = _trains("gnn")
 
 
 @dataclass(frozen=True)
