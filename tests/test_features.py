@@ -6,7 +6,10 @@ import numpy as np
 import torch
 
 from tests.test_io import small_event
-from trackgnn.features import build_features, truth_graph
+from trackgnn.features import FEATURE_NAMES, build_features, truth_graph
+from trackgnn.geometry import Detector
+from trackgnn.models.edges import NO_CLUSTER_ETA
+from trackgnn.simulation.generator import simulate_event
 
 
 def test_truth_graph_connects_consecutive_layers_and_all_overlap_pairs() -> None:
@@ -49,3 +52,27 @@ def test_features_without_truth() -> None:
     feats = build_features(event)
     assert feats.truth_edges.shape == (2, 0)
     assert (feats.particle_id == 0).all()
+
+
+def test_cluster_eta_follows_the_particle_in_the_pixel_barrel_and_is_absent_in_strips() -> None:
+    event, _ = simulate_event(Detector.load(), event_id=1, mu=10, seed=3)
+    feats = build_features(event)
+    cluster_eta = feats.cluster_eta.numpy()
+    r, z, eta = feats.r.numpy(), feats.z.numpy(), feats.particle_eta.numpy()
+    barrel = (feats.particle_id.numpy() != 0) & feats.primary.numpy() & (r < 200) & (abs(z) < 480)
+    barrel &= feats.pt.numpy() > 0.5
+    assert barrel.sum() > 200
+    # The v extent measures |cot theta| of the crossing once rotated to the global frame; the
+    # sign comes from pointing away from the beam spot.
+    assert np.corrcoef(cluster_eta[barrel], eta[barrel])[0, 1] > 0.9
+    assert np.median(np.abs(cluster_eta[barrel] - eta[barrel])) < 0.25
+    # Strips measure one axis: no direction. The hit features themselves are unchanged.
+    assert (cluster_eta[r > 300] == NO_CLUSTER_ETA).all()
+    assert (np.abs(cluster_eta[r < 200]) <= 4).mean() > 0.9
+    assert feats.x.shape[1] == len(FEATURE_NAMES) == 8
+
+
+def test_cluster_eta_is_absent_without_cells() -> None:
+    event = small_event()
+    event.cells = None
+    assert (build_features(event).cluster_eta == NO_CLUSTER_ETA).all()

@@ -10,15 +10,18 @@ import pytest
 import torch
 
 from tests.test_embedding import synthetic_features, tiny_config
-from trackgnn.errors import CheckpointError
+from trackgnn.errors import CheckpointError, InputError
 from trackgnn.event_data import load_graph
 from trackgnn.graph.construction import filter_graph
 from trackgnn.graph.radius import radius_graph
 from trackgnn.graph.truth import edge_labels
 from trackgnn.io import save_tensors
 from trackgnn.models.edges import (
+    CLUSTER_EDGE_FEATURES,
     EDGE_FEATURE_SCALES,
     EDGE_FEATURES,
+    NO_CLUSTER_ETA,
+    cluster_edge_features,
     edge_features,
     geometry_tensor,
 )
@@ -38,11 +41,14 @@ def synthetic_graph(event_id: int) -> dict:
     return {**data, "edge_index": edge_index, "y": y, "y_pid": y_pid}
 
 
-def write_graphs(directory: Path, ids: list[int]) -> list[Path]:
+def write_graphs(directory: Path, ids: list[int], cluster_eta: bool = False) -> list[Path]:
     paths = []
     for event_id in ids:
         path = directory / f"event{event_id:09d}.pt"
-        save_tensors(synthetic_graph(event_id), path)
+        graph = synthetic_graph(event_id)
+        if cluster_eta:  # every hit's cluster pointing along its particle (noise: along the hit)
+            graph["cluster_eta"] = graph["eta"].clone()
+        save_tensors(graph, path)
         paths.append(path)
     return paths
 
@@ -221,3 +227,45 @@ def test_one_cycle_factor_warms_up_peaks_and_decays_to_the_floor():
     assert one_cycle_factor(250, 100) == pytest.approx(0.01)  # past the end: stays at the floor
     factors = [one_cycle_factor(s, 100) for s in range(10, 101)]
     assert all(a >= b for a, b in itertools.pairwise(factors))
+
+
+def test_cluster_edge_features_compare_the_segment_with_each_hits_cluster():
+    # One edge rising at 45 degrees (segment eta = asinh(1)); the inner cluster agrees, the outer
+    # is a strip hit (no direction); a second edge whose inner cluster is far off is clipped at 2.
+    geometry = torch.tensor(
+        [
+            [100.0, 0.0, 0.0, 0.0, math.asinh(1.0)],
+            [200.0, 0.0, 100.0, 0.4, NO_CLUSTER_ETA],
+            [100.0, 0.5, 0.0, 0.0, -3.0],
+            [200.0, 0.5, 100.0, 0.4, 0.5],
+        ]
+    )
+    features = cluster_edge_features(geometry, torch.tensor([[0, 2], [1, 3]]))
+    assert features.shape == (2, len(CLUSTER_EDGE_FEATURES))
+    assert features[0].tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert features[1].tolist() == pytest.approx([2.0, abs(math.asinh(1.0) - 0.5)], abs=1e-6)
+    # The filter sees them after the six geometric features; without cluster_eta it does not.
+    x = torch.zeros(4, 1)
+    with_cluster = edge_inputs(x, geometry, torch.tensor([[2], [3]]))
+    without = edge_inputs(x, geometry[:, :4], torch.tensor([[2], [3]]))
+    assert with_cluster.shape == (1, 2 + len(EDGE_FEATURES) + 2)
+    assert torch.equal(with_cluster[:, :-2], without)
+
+
+def test_a_cluster_direction_filter_trains_and_refuses_graphs_without_cluster_eta(tmp_path):
+    files = write_graphs(tmp_path / "graph", [41, 42, 43], cluster_eta=True)
+    cfg = tiny_config(
+        tmp_path, filter={"epochs": 15, "lr": 0.01, "cut": 0.5, "cluster_direction": True}
+    )
+    ckpt = tmp_path / "models" / "filter.ckpt"
+    metrics = train_filter(cfg, files[:2], files[2:], ckpt).metrics
+    assert metrics["val_auc"] > 0.9, metrics
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]["model"]
+    assert hparams["cluster_direction"] is True
+    filter_graph(cfg, ckpt, files[2], tmp_path / "filter" / "ok.pt")
+    # A graph from features that predate cluster_eta: a clear error naming it, no output.
+    old = write_graphs(tmp_path / "old", [44])[0]
+    out = tmp_path / "filter" / "event000000044.pt"
+    with pytest.raises(InputError, match=r"event000000044\.pt: has no cluster_eta"):
+        filter_graph(cfg, ckpt, old, out)
+    assert not out.exists()

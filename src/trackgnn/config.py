@@ -98,6 +98,7 @@ class FilterConfig:
     chunk_edges: int = _trains()
     negative_ratio: float
     batch_edges: int
+    cluster_direction: bool
     same_particle_negatives: bool
 
 

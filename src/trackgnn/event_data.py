@@ -36,7 +36,7 @@ from trackgnn.io import load_tensors, save_tensors
 #: Per-hit tensors every event holds, each ``[N]``.
 HIT_FIELDS = ("hit_id", "r", "phi", "z", "eta", "particle_id", "pt", "nhits")
 #: Optional per-hit truth (written by the features stage, read by analyses).
-OPTIONAL_HIT_FIELDS = ("particle_eta", "primary")
+OPTIONAL_HIT_FIELDS = ("particle_eta", "primary", "cluster_eta")
 #: Per-edge tensors of a graph, each ``[E]`` (``scores``, ``filter_scores`` once scored).
 EDGE_FIELDS = ("y", "y_pid")
 OPTIONAL_EDGE_FIELDS = ("scores", "filter_scores")
@@ -52,6 +52,9 @@ class EventHits:
         ``x`` ``[N, F]`` float; ``hit_id``, ``particle_id``, ``nhits`` ``[N]`` int;
         ``r``, ``phi``, ``z``, ``eta``, ``pt`` ``[N]`` float; ``truth_edges`` ``[2, T]`` int64
         (hit indices, consecutive hits of one particle). ``particle_id`` is 0 for noise.
+        ``cluster_eta`` ``[N]`` float: pseudorapidity of the track direction a pixel hit's
+        cluster implies (:func:`trackgnn.features.cluster_eta`), in [-4, 4], or
+        ``NO_CLUSTER_ETA`` where there is none.
     """
 
     event_id: int
@@ -68,6 +71,7 @@ class EventHits:
     truth_edges: Tensor
     particle_eta: Tensor | None = None
     primary: Tensor | None = None
+    cluster_eta: Tensor | None = None
 
     @property
     def n_hits(self) -> int:

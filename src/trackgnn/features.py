@@ -13,7 +13,10 @@ import pandas as pd
 import torch
 
 from trackgnn.event_data import EventHits, save_event
+from trackgnn.geometry import Detector
 from trackgnn.io import Event, read_event
+from trackgnn.models.edges import NO_CLUSTER_ETA
+from trackgnn.simulation.digitisation import ENDCAP_DEPTH_FACTOR
 
 FEATURE_NAMES: list[str] = [
     "r",
@@ -61,6 +64,59 @@ def cell_features(hit_id: np.ndarray, cells: pd.DataFrame | None) -> np.ndarray:
     return out
 
 
+def cluster_eta(
+    hits: pd.DataFrame, shape: np.ndarray, detector: Detector | None = None
+) -> np.ndarray:
+    """Pseudorapidity of the track direction each pixel hit's cluster implies, ``[N]``.
+
+    The global cluster shape of "Beyond 4D tracking: using cluster shapes for track seeding"
+    (arXiv:2012.04533): a track crossing a sensor of charge-collection depth ``t`` at incidence
+    ``tan a`` fires on average ``1 + t * tan a / pitch`` channels along each local axis, so
+    ``(extent - 1) * pitch`` estimates ``t * |tan a|`` in u and in v, and the module's rotation
+    takes that local direction to the global frame. The extents give no signs: of the sign
+    choices the one closest to the line from the origin is kept (tracks come from the beam spot).
+    Strips measure one axis only, so strip hits (and hits without cells, or on no known module)
+    get :data:`~trackgnn.models.edges.NO_CLUSTER_ETA`. Values are clipped to [-4, 4]: a track
+    along a module's normal fires one cell and its direction is known only to lie beyond.
+
+    Args:
+        hits: the event's hits (``hit_id, x, y, z, volume_id, layer_id, module_id``).
+        shape: ``[N, 4]`` from :func:`cell_features` (cell count, value, extent u, extent v).
+        detector: the TrackML detector (default: the one shipped with the package).
+    """
+    det = Detector.load() if detector is None else detector
+    out = np.full(len(hits), NO_CLUSTER_ETA)
+    module = det.find_modules(
+        *(hits[c].to_numpy(np.int64) for c in ("volume_id", "layer_id", "module_id"))
+    )
+    known = np.flatnonzero((module >= 0) & (shape[:, 0] > 0))
+    known = known[det.is_pixel[module[known]]]
+    if len(known) == 0:
+        return out
+    m = module[known]
+    endcap = ~det.layer_is_barrel[det.module_layer[m]]
+    depth = det.thickness[m] * np.where(endcap, ENDCAP_DEPTH_FACTOR, 1.0)
+    lu = np.maximum(shape[known, 2] - 1.0, 0.0) * det.pitch_u[m]
+    lv = np.maximum(shape[known, 3] - 1.0, 0.0) * det.pitch_v[m]
+    position = hits[["x", "y", "z"]].to_numpy(np.float64)[known]
+    # Flipping the whole vector gives the same line, so (+u, +v) and (+u, -v) are the choices.
+    best = np.zeros((len(known), 3))
+    best_alignment = np.full(len(known), -1.0)
+    for sign_v in (1.0, -1.0):
+        direction = np.einsum(
+            "nij,nj->ni", det.rotation[m], np.stack([lu, sign_v * lv, depth], axis=1)
+        )
+        alignment = np.abs(np.einsum("ni,ni->n", direction, position)) / np.linalg.norm(
+            direction, axis=1
+        )
+        better = alignment > best_alignment
+        best[better], best_alignment[better] = direction[better], alignment[better]
+    # The sign of the whole vector: pointing away from the origin.
+    best *= np.where(np.einsum("ni,ni->n", best, position) < 0, -1.0, 1.0)[:, None]
+    out[known] = np.clip(pseudorapidity(np.hypot(best[:, 0], best[:, 1]), best[:, 2]), -4.0, 4.0)
+    return out
+
+
 def truth_graph(
     hit_index: np.ndarray,
     particle_id: np.ndarray,
@@ -105,7 +161,8 @@ def build_features(event: Event) -> EventHits:
 
     Fields: ``event_id``, ``hit_id``, ``x`` [N, 8] (normalised features, ``feature_names``),
     raw ``r, phi, z, eta``, per-hit particle attributes ``particle_id`` (0 = noise), ``pt``,
-    ``particle_eta``, ``nhits``, ``primary``, and ``truth_edges`` [2, T]. Without truth, the
+    ``particle_eta``, ``nhits``, ``primary``, ``truth_edges`` [2, T], and ``cluster_eta`` (the
+    track direction from the cluster shape, for the filter's edges). Without truth, the
     particle attributes are zero and the truth graph empty.
     """
     hits = event.hits
@@ -116,6 +173,7 @@ def build_features(event: Event) -> EventHits:
     eta = pseudorapidity(r, z)
     hit_id = hits["hit_id"].to_numpy()
     cells = cell_features(hit_id, event.cells)
+    direction_eta = cluster_eta(hits, cells)
     features = np.stack(
         [
             r / 1000.0,
@@ -176,6 +234,7 @@ def build_features(event: Event) -> EventHits:
         nhits=torch.from_numpy(nhits),
         primary=torch.from_numpy(primary),
         truth_edges=torch.from_numpy(truth_edges),
+        cluster_eta=torch.from_numpy(direction_eta.astype(np.float32)),
     )
 
 

@@ -33,7 +33,6 @@ from trackgnn.event_data import EventGraph, EventHits, load_graph, load_hits, sa
 from trackgnn.graph.radius import radius_graph
 from trackgnn.graph.truth import edge_labels, unique_truth_edges
 from trackgnn.models.checkpoint import load_model, resolve_device
-from trackgnn.models.edges import geometry_tensor
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.filter import FilterNet
 from trackgnn.process import peak_rss_mb
@@ -169,7 +168,7 @@ def filter_scores(
     model: FilterNet, graph: EventGraph, chunk_edges: int, device: torch.device | str = "cpu"
 ) -> Tensor:
     """Filter scores ``[E]`` (float32, CPU) of an event's edges, ``chunk_edges`` at a time."""
-    geometry = geometry_tensor(graph.r, graph.phi, graph.z, graph.eta).to(device)
+    geometry = model.geometry(graph).to(device)
     model = model.to(device)
     scores = model.scores(graph.x.to(device), geometry, graph.edge_index.to(device), chunk_edges)
     return scores.float().cpu()
@@ -203,6 +202,10 @@ def filter_graph(
     graph = load_graph(graph_file)
     model, _ = load_model(model_ckpt, "filter", FilterNet)
     _check_model_input(model.node_dim, graph, model_ckpt, graph_file)
+    if model.cluster_direction and graph.cluster_eta is None:
+        raise InputError(
+            graph_file, f"has no cluster_eta, which the filter {model_ckpt} reads: rebuild it"
+        )
     filtered, scores = filter_edges(cfg, model, graph)
     auc = roc_auc(scores, graph.y)
     save_event(filtered, out_file)

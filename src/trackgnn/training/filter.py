@@ -26,7 +26,6 @@ from trackgnn.evaluation.matching import EvaluationCuts
 from trackgnn.evaluation.metrics import roc_auc
 from trackgnn.event_data import EventGraph
 from trackgnn.graph.construction import pooled_edge_metrics, stage_edge_metrics
-from trackgnn.models.edges import geometry_tensor
 from trackgnn.models.filter import FilterNet
 from trackgnn.models.mlp import angle_columns
 from trackgnn.training.checkpoint import (
@@ -111,7 +110,7 @@ class FilterModule(ResumableModule):
 
     def training_step(self, batch: EventGraph, batch_idx: int) -> Tensor | None:
         settings = self.settings
-        geometry = geometry_tensor(batch.r, batch.phi, batch.z, batch.eta)
+        geometry = self.model.geometry(batch)
         edge_index, y = batch.edge_index, batch.y.bool()
         candidates = negative_candidates(y, batch.y_pid.bool(), settings.same_particle_negatives)
         fake_scores = self.model.scores(
@@ -130,7 +129,7 @@ class FilterModule(ResumableModule):
 
     def validation_step(self, batch: EventGraph, batch_idx: int) -> None:
         settings = self.settings
-        geometry = geometry_tensor(batch.r, batch.phi, batch.z, batch.eta)
+        geometry = self.model.geometry(batch)
         edge_index, y = batch.edge_index, batch.y.bool()
         scores = self.model.scores(batch.x, geometry, edge_index, settings.chunk_edges)
         graph = batch.to("cpu").keep_edges((scores >= settings.cut).cpu(), scores.float().cpu())
@@ -180,6 +179,7 @@ def train_filter(
         "n_layers": flt.n_layers,
         "activation": flt.activation,
         "layer_norm": flt.layer_norm,
+        "cluster_direction": flt.cluster_direction,
     }
     steps_per_epoch = 0
     for event in train_set:
