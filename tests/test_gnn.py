@@ -80,11 +80,37 @@ def test_layer_sums_messages_into_destination_and_source() -> None:
     torch.testing.assert_close(x_new, layer.node_mlp(torch.cat([m_dst, m_src, x], 1)))
 
 
-@pytest.mark.parametrize("skip", ["concat", "residual"])
-def test_disjoint_components_are_scored_independently(skip: str) -> None:
+def test_sum_max_layer_also_passes_the_largest_message_of_each_side() -> None:
+    torch.manual_seed(0)
+    layer = InteractionLayer(
+        node_in=3, edge_in=2, hidden=4, mlp_layers=1, layer_norm=False, aggregation="sum_max"
+    )
+    x = torch.randn(3, 3)
+    e = torch.randn(3, 2)
+    ei = torch.tensor([[0, 0, 1], [1, 2, 2]])  # node 2 is the destination of two edges
+    x_new, _ = layer(x, e, ei)
+    m = layer.edge_mlp(torch.cat([e, x[ei[0]], x[ei[1]]], 1))
+    zero = torch.zeros(4)
+    m_dst = torch.stack([zero, m[0], m[1] + m[2]])
+    m_src = torch.stack([m[0] + m[1], m[2], zero])
+    # element-wise maxima, and 0 (not -inf) for a node without edges on that side
+    max_dst = torch.stack([zero, m[0], torch.maximum(m[1], m[2])])
+    max_src = torch.stack([torch.maximum(m[0], m[1]), m[2], zero])
+    expected = layer.node_mlp(torch.cat([m_dst, m_src, max_dst, max_src, x], 1))
+    torch.testing.assert_close(x_new, expected)
+    x_new.sum().backward()  # the maximum passes gradients
+    assert all(p.grad is not None for p in layer.edge_mlp.parameters())
+
+
+@pytest.mark.parametrize(
+    ("skip", "aggregation"), [("concat", "sum"), ("residual", "sum"), ("concat", "sum_max")]
+)
+def test_disjoint_components_are_scored_independently(skip: str, aggregation: str) -> None:
     """The premise of ShaDow minibatches: subgraphs in one batch graph do not interact."""
     torch.manual_seed(1)
-    model = InteractionGNN(node_features=4, hidden=8, n_iterations=3, skip=skip).eval()
+    model = InteractionGNN(
+        node_features=4, hidden=8, n_iterations=3, skip=skip, aggregation=aggregation
+    ).eval()
     a, b = toy_event(1, n_tracks=3), toy_event(2, n_tracks=4)
 
     def run(ev: dict) -> torch.Tensor:

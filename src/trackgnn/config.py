@@ -120,6 +120,7 @@ class GNNConfig:
     mlp_layers: int
     layer_norm: bool
     skip: Literal["concat", "residual"]
+    aggregation: Literal["sum", "sum_max"]
     checkpointing: bool
     amp: bool
     compile: bool

@@ -24,7 +24,10 @@ class InteractionLayer(nn.Module):
 
     The edge MLP sees ``[edge, source node, destination node]``; each node sums the new edge states
     of the edges it is the destination of and of those it is the source of, and the node MLP sees
-    ``[sum as destination, sum as source, its own state]``.
+    ``[sum as destination, sum as source, its own state]``. With ``sum_max`` aggregation each
+    node also takes the element-wise maximum of each set (0 for a node without such edges), as
+    in the Exa.TrkX Interaction GNN's ``sum_max``: where a hit has tens of candidate edges, a sum
+    drowns the one compatible neighbour that a maximum keeps.
 
     Args:
         node_in: width of the node input (hidden, or 2 x hidden with concatenated skips).
@@ -32,17 +35,26 @@ class InteractionLayer(nn.Module):
         hidden: width of the outputs.
         mlp_layers: hidden layers per MLP.
         layer_norm: LayerNorm in the MLPs.
+        aggregation: ``sum``, or ``sum_max`` (sum and maximum concatenated).
     """
 
     def __init__(
-        self, node_in: int, edge_in: int, hidden: int, mlp_layers: int, layer_norm: bool
+        self,
+        node_in: int,
+        edge_in: int,
+        hidden: int,
+        mlp_layers: int,
+        layer_norm: bool,
+        aggregation: Literal["sum", "sum_max"] = "sum",
     ) -> None:
         super().__init__()
+        self.aggregation = aggregation
+        n_messages = 2 if aggregation == "sum" else 4
         self.edge_mlp = make_mlp(
             edge_in + 2 * node_in, hidden, hidden, mlp_layers, "silu", layer_norm
         )
         self.node_mlp = make_mlp(
-            node_in + 2 * hidden, hidden, hidden, mlp_layers, "silu", layer_norm
+            node_in + n_messages * hidden, hidden, hidden, mlp_layers, "silu", layer_norm
         )
 
     def forward(
@@ -66,8 +78,19 @@ class InteractionLayer(nn.Module):
         e_sum = e_new.float()
         m_dst = torch.zeros(x.shape[0], e_new.shape[1], device=x.device).index_add_(0, dst, e_sum)
         m_src = torch.zeros(x.shape[0], e_new.shape[1], device=x.device).index_add_(0, src, e_sum)
-        x_new = self.node_mlp(torch.cat([m_dst.to(x.dtype), m_src.to(x.dtype), x], dim=1))
+        messages = [m_dst, m_src]
+        if self.aggregation == "sum_max":
+            messages += [_scatter_max(e_sum, dst, x.shape[0]), _scatter_max(e_sum, src, x.shape[0])]
+        x_new = self.node_mlp(torch.cat([m.to(x.dtype) for m in messages] + [x], dim=1))
         return x_new, e_new
+
+
+def _scatter_max(values: Tensor, index: Tensor, n: int) -> Tensor:
+    """Row-wise maximum ``[n, D]`` of ``values`` ``[E, D]`` grouped by ``index``; 0 for no rows."""
+    out = torch.zeros(n, values.shape[1], device=values.device, dtype=values.dtype)
+    return out.scatter_reduce(
+        0, index[:, None].expand_as(values), values, "amax", include_self=False
+    )
 
 
 class InteractionGNN(nn.Module):
@@ -85,6 +108,7 @@ class InteractionGNN(nn.Module):
         checkpointing: recompute each iteration in the backward pass instead of storing its
             activations (less memory, about one extra forward).
         angle_columns: node features holding phi / pi; they enter as cos and sin.
+        aggregation: how each node gathers its edges' states (see :class:`InteractionLayer`).
     """
 
     def __init__(
@@ -98,6 +122,7 @@ class InteractionGNN(nn.Module):
         skip: Literal["concat", "residual"] = "concat",
         checkpointing: bool = False,
         angle_columns: Sequence[int] = (),
+        aggregation: Literal["sum", "sum_max"] = "sum",
     ) -> None:
         super().__init__()
         self.skip = skip
@@ -109,7 +134,7 @@ class InteractionGNN(nn.Module):
         self.edge_encoder = make_mlp(edge_features, hidden, hidden, mlp_layers, "silu", layer_norm)
         width = 2 * hidden if skip == "concat" else hidden
         self.layers = nn.ModuleList(
-            InteractionLayer(width, width, hidden, mlp_layers, layer_norm)
+            InteractionLayer(width, width, hidden, mlp_layers, layer_norm, aggregation)
             for _ in range(n_iterations)
         )
         self.edge_head = make_mlp(width, hidden, 1, mlp_layers, "silu", layer_norm)

@@ -265,6 +265,7 @@ def gnn_model_args(cfg: Config, node_features: int, phi_columns: list[int]) -> d
         "layer_norm": g.layer_norm,
         "skip": g.skip,
         "checkpointing": g.checkpointing,
+        "aggregation": g.aggregation,
     }
 
 
