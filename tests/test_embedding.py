@@ -14,6 +14,7 @@ from trackgnn.event_data import load_graph
 from trackgnn.graph.construction import build_graph
 from trackgnn.graph.truth import undirected_keys
 from trackgnn.io import load_tensors, save_tensors
+from trackgnn.models.edges import NO_CLUSTER_ETA
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.models.mlp import angle_columns
 from trackgnn.training.embedding import pairwise_hinge_loss, train_embedding, training_pairs
@@ -91,6 +92,8 @@ def synthetic_features(event_id: int, n_particles: int = 60, n_noise: int = 40, 
         "nhits": torch.as_tensor(nhits_of[hits_pid] * is_signal, dtype=torch.int64),
         "primary": torch.as_tensor(is_signal),
         "truth_edges": torch.as_tensor(truth_edges, dtype=torch.int64),
+        # pixel hits' clusters point along their hit (noise too); strips imply no direction
+        "cluster_eta": as_f32(np.where(hits_r < 200, eta, NO_CLUSTER_ETA)),
     }
 
 

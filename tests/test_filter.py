@@ -41,13 +41,13 @@ def synthetic_graph(event_id: int) -> dict:
     return {**data, "edge_index": edge_index, "y": y, "y_pid": y_pid}
 
 
-def write_graphs(directory: Path, ids: list[int], cluster_eta: bool = False) -> list[Path]:
+def write_graphs(directory: Path, ids: list[int], cluster_eta: bool = True) -> list[Path]:
     paths = []
     for event_id in ids:
         path = directory / f"event{event_id:09d}.pt"
         graph = synthetic_graph(event_id)
-        if cluster_eta:  # every hit's cluster pointing along its particle (noise: along the hit)
-            graph["cluster_eta"] = graph["eta"].clone()
+        if not cluster_eta:  # as built from features that predate cluster_eta
+            del graph["cluster_eta"]
         save_tensors(graph, path)
         paths.append(path)
     return paths
@@ -253,7 +253,7 @@ def test_cluster_edge_features_compare_the_segment_with_each_hits_cluster():
 
 
 def test_a_cluster_direction_filter_trains_and_refuses_graphs_without_cluster_eta(tmp_path):
-    files = write_graphs(tmp_path / "graph", [41, 42, 43], cluster_eta=True)
+    files = write_graphs(tmp_path / "graph", [41, 42, 43])
     cfg = tiny_config(
         tmp_path, filter={"epochs": 15, "lr": 0.01, "cut": 0.5, "cluster_direction": True}
     )
@@ -264,7 +264,7 @@ def test_a_cluster_direction_filter_trains_and_refuses_graphs_without_cluster_et
     assert hparams["cluster_direction"] is True
     filter_graph(cfg, ckpt, files[2], tmp_path / "filter" / "ok.pt")
     # A graph from features that predate cluster_eta: a clear error naming it, no output.
-    old = write_graphs(tmp_path / "old", [44])[0]
+    old = write_graphs(tmp_path / "old", [44], cluster_eta=False)[0]
     out = tmp_path / "filter" / "event000000044.pt"
     with pytest.raises(InputError, match=r"event000000044\.pt: has no cluster_eta"):
         filter_graph(cfg, ckpt, old, out)
