@@ -111,6 +111,10 @@ def test_counted_events_missing_from_the_directory_are_named(tmp_path: Path) -> 
         ({"filter": {"cut": 1.5}}, "key 'filter.cut'"),
         ({"device": "tpu"}, "key 'device'"),
         ({"data": {"source": "trackml"}}, "data.trackml_dir"),
+        (
+            {"gnn": {"epochs": 20, "val_every": 3}},
+            "key 'gnn.val_every': 3 does not divide gnn.epochs",
+        ),
         ([1, 2], "must be a mapping"),
     ],
 )

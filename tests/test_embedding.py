@@ -219,6 +219,19 @@ def test_train_embedding_learns_and_build_graph_writes_labelled_graph(tmp_path):
     assert torch.equal(graph.x, features["x"])
 
 
+def test_the_embedding_learns_the_same_weights_however_often_it_is_validated(tmp_path):
+    files = write_synthetic_events(tmp_path / "features", [8, 9, 10])
+    weights = []
+    for val_every in (1, 2):
+        cfg = tiny_config(tmp_path, embedding={"epochs": 2, "val_every": val_every})
+        ckpt = tmp_path / f"every{val_every}" / "embedding.ckpt"
+        metrics = train_embedding(cfg, files[:2], files[2:], ckpt).metrics
+        assert "val_efficiency" in metrics  # the last epoch is always validated
+        weights.append(torch.load(ckpt, weights_only=True)["state_dict"])
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
 def test_each_event_gives_steps_per_event_optimizer_steps(tmp_path):
     files = write_synthetic_events(tmp_path / "features", [5, 6, 7])
     cfg = tiny_config(tmp_path, embedding={"epochs": 2, "steps_per_event": 3})

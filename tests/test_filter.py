@@ -269,3 +269,26 @@ def test_a_cluster_direction_filter_trains_and_refuses_graphs_without_cluster_et
     with pytest.raises(InputError, match=r"event000000044\.pt: has no cluster_eta"):
         filter_graph(cfg, ckpt, old, out)
     assert not out.exists()
+
+
+def test_validating_every_other_epoch_learns_the_same_weights_and_reports_only_fresh_figures(
+    tmp_path, capsys
+):
+    files = write_graphs(tmp_path / "graph", [41, 42, 43])
+    weights, lines = {}, {}
+    for val_every in (1, 2):
+        cfg = tiny_config(tmp_path, filter={"epochs": 4, "val_every": val_every})
+        ckpt = tmp_path / f"every{val_every}" / "filter.ckpt"
+        metrics = train_filter(cfg, files[:2], files[2:], ckpt).metrics
+        assert "val_auc" in metrics  # the last epoch is always validated
+        weights[val_every] = torch.load(ckpt, weights_only=True)["state_dict"]
+        lines[val_every] = [
+            line for line in capsys.readouterr().out.splitlines() if line.startswith("[filter]")
+        ]
+    assert weights[1].keys() == weights[2].keys()
+    for name, tensor in weights[1].items():
+        assert torch.equal(tensor, weights[2][name]), name
+    assert all("val_auc=" in line for line in lines[1])
+    # Lightning keeps the last validation's figures; an epoch without one must not repeat them.
+    assert ["val_auc=" in line for line in lines[2]] == [False, True, False, True]
+    assert all("train_loss=" in line for line in lines[2])

@@ -193,6 +193,21 @@ def test_more_epochs_after_a_shorter_run_give_the_model_of_a_fresh_run(
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
+@pytest.mark.parametrize("mode", ["full", "shadow"])
+def test_how_often_the_gnn_is_validated_leaves_its_weights_unchanged(
+    mode: str, graph_files: list[str], tmp_path: Path
+) -> None:
+    weights = []
+    for val_every in (1, 2):
+        ckpt = tmp_path / f"every{val_every}" / "gnn.ckpt"
+        cfg = small_cfg(tmp_path, mode=mode, epochs=2, val_every=val_every)
+        metrics = train_gnn(cfg, graph_files[:2], graph_files[3:], ckpt).metrics
+        assert "val_auc" in metrics  # the last epoch is always validated
+        weights.append(torch.load(ckpt, weights_only=True)["state_dict"])
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
 def test_changed_inputs_train_afresh(graph_files: list[str], tmp_path: Path) -> None:
     """A rerun because the training graphs changed must not continue the old model."""
     import shutil

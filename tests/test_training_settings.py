@@ -29,6 +29,7 @@ READ_BUT_NOT_SHAPING = {
         "graph.chunk_size": "queries per chunk: memory only",
         "graph.backend": "every backend is exact (graph/radius.py)",
         "evaluation.signal_pt": "validation efficiency only",
+        "embedding.val_every": "how often validation runs: the same weights",
     },
     "filter": {
         "device": "where it runs; a rule param of its own",
@@ -36,11 +37,13 @@ READ_BUT_NOT_SHAPING = {
         "filter.chunk_edges": "edges scored at once: memory only",
         "evaluation.min_hits": "validation efficiency only",
         "evaluation.signal_pt": "validation efficiency only",
+        "filter.val_every": "how often validation runs: the same weights",
     },
     "gnn": {
         "device": "where it runs; a rule param of its own",
         "threads": "CPU threads per rank",
         "gnn.dist_timeout_s": "how long ranks wait: when a failure is reported",
+        "gnn.val_every": "how often validation runs: the same weights",
     },
 }
 

@@ -75,6 +75,7 @@ class EmbeddingConfig:
     signal_pt: float
     signal_weight: float
     steps_per_event: int
+    val_every: int = _trains()
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class FilterConfig:
     batch_edges: int
     cluster_direction: bool
     same_particle_negatives: bool
+    val_every: int = _trains()
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class GNNConfig:
     true_edge_weights: Literal["uniform", "trackml_pt", "signal"]
     # how long ranks wait for each other: when a failure is reported, not what is learnt
     dist_timeout_s: float = _trains()
+    # validation only reports: the weights do not depend on how often it runs
+    val_every: int = _trains()
     shadow: ShadowConfig
 
 
@@ -301,6 +305,14 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> dict[str, An
         raise ConfigError(
             f"{source}: key 'data.trackml_dir' is required when data.source is trackml"
         )
+    for training in TRAININGS:
+        section = resolved[training]
+        if section["epochs"] % section["val_every"]:
+            # Lightning validates after epochs divisible by val_every: the last must be one.
+            raise ConfigError(
+                f"{source}: key '{training}.val_every': {section['val_every']} does not divide "
+                f"{training}.epochs ({section['epochs']}), so the last epoch would not be validated"
+            )
     return resolved
 
 

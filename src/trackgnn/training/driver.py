@@ -66,16 +66,24 @@ class EpochReport(pl.Callback):
         self.on_metrics = log
         self._start = time.monotonic()
         self._first_epoch = 0
+        self._validated = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.monotonic()
         self._first_epoch = trainer.current_epoch
 
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = True
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning keeps the last validation's figures: an epoch without one reports none.
+        validated, self._validated = self._validated, False
         metrics = {
             name: float(value)
             for name, value in sorted(trainer.callback_metrics.items())
-            if torch.is_tensor(value) and value.numel() == 1
+            if torch.is_tensor(value)
+            and value.numel() == 1
+            and (validated or not name.startswith("val_"))
         }
         if not trainer.is_global_zero:
             return
@@ -168,6 +176,7 @@ def train_stage(
     log: MetricsSink | None = None,
     callbacks: Sequence[pl.Callback] = (),
     max_steps: int | None = None,
+    val_every: int = 1,
     **trainer_overrides: Any,
 ) -> TrainedStage:
     """Train ``module`` for ``epochs`` epochs; resume a killed run; write the final checkpoint.
@@ -187,6 +196,8 @@ def train_stage(
         callbacks: the stage's own callbacks, run before the epoch report (figures they put in
             ``trainer.callback_metrics`` are reported with the epoch).
         max_steps: stop after this many optimizer steps (a shortened run: never an error).
+        val_every: validate after every this many epochs (the config makes it divide
+            ``epochs``); the weights do not depend on it.
         trainer_overrides: further ``Trainer`` arguments (strategy, precision, ...).
     """
     final = Path(ckpt_path) if ckpt_path is not None else None
@@ -203,6 +214,7 @@ def train_stage(
         epochs,
         callbacks=own,
         root_dir=final.parent if final is not None else Path.cwd(),
+        check_val_every_n_epoch=val_every,
         **trainer_overrides,
     )
     trainer.fit(

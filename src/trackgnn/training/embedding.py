@@ -78,8 +78,13 @@ class EventDataset(Dataset):
 
 
 def event_loader(dataset: EventDataset, shuffle: bool) -> DataLoader:
-    """One event per batch; the shuffle order comes from torch's (seeded, checkpointed) RNG."""
-    return DataLoader(dataset, batch_size=None, shuffle=shuffle, num_workers=0)
+    """One event per batch; the shuffle order comes from torch's (seeded, checkpointed) RNG.
+
+    An unshuffled (validation) loader draws its iterator seeds from a generator of its own, so
+    that how often it runs leaves the training's random stream, and so its weights, unchanged.
+    """
+    generator = None if shuffle else torch.Generator()
+    return DataLoader(dataset, batch_size=None, shuffle=shuffle, num_workers=0, generator=generator)
 
 
 def pairwise_hinge_loss(
@@ -298,6 +303,7 @@ def train_embedding(
         train_loader=event_loader(train_set, shuffle=True),
         val_loader=event_loader(val_set, shuffle=False),
         epochs=emb.epochs,
+        val_every=emb.val_every,
         device=cfg.device,
         ckpt_path=ckpt_path,
         log=log,

@@ -204,6 +204,7 @@ def train_filter(
         train_loader=event_loader(train_set, shuffle=True),
         val_loader=event_loader(val_set, shuffle=False),
         epochs=flt.epochs,
+        val_every=flt.val_every,
         device=cfg.device,
         ckpt_path=ckpt_path,
         log=log,

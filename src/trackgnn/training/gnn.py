@@ -244,7 +244,8 @@ def validation_loader(graphs: Sequence[GraphBatch], rank: int, world: int) -> Da
     share = list(graphs[rank::world])
     if not share and graphs:
         share = [replace(graphs[0], n_samples=0)]
-    return DataLoader(share, batch_size=None)
+    # Its own generator: iterating it must not draw from the training's random stream.
+    return DataLoader(share, batch_size=None, generator=torch.Generator())
 
 
 def interleave_shards(shards: Sequence[Sequence[Any]]) -> list[Any]:
@@ -359,6 +360,7 @@ def train_gnn(
         train_loader=_graph_loader(stream),
         val_loader=validation_loader(val_graphs, rank, world),
         epochs=g.epochs,
+        val_every=g.val_every,
         device=device.type,
         ckpt_path=ckpt_path,
         log=log,
