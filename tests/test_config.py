@@ -111,10 +111,7 @@ def test_counted_events_missing_from_the_directory_are_named(tmp_path: Path) -> 
         ({"filter": {"cut": 1.5}}, "key 'filter.cut'"),
         ({"device": "tpu"}, "key 'device'"),
         ({"data": {"source": "trackml"}}, "data.trackml_dir"),
-        (
-            {"gnn": {"epochs": 20, "val_every": 3}},
-            "key 'gnn.val_every': 3 does not divide gnn.epochs",
-        ),
+        ({"gnn": {"val_every": 0}}, "key 'gnn.val_every'"),
         ([1, 2], "must be a mapping"),
     ],
 )

@@ -223,7 +223,7 @@ def test_the_embedding_learns_the_same_weights_however_often_it_is_validated(tmp
     files = write_synthetic_events(tmp_path / "features", [8, 9, 10])
     weights = []
     for val_every in (1, 2):
-        cfg = tiny_config(tmp_path, embedding={"epochs": 2, "val_every": val_every})
+        cfg = tiny_config(tmp_path, embedding={"epochs": 3, "val_every": val_every})
         ckpt = tmp_path / f"every{val_every}" / "embedding.ckpt"
         metrics = train_embedding(cfg, files[:2], files[2:], ckpt).metrics
         assert "val_efficiency" in metrics  # the last epoch is always validated

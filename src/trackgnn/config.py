@@ -305,14 +305,6 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> dict[str, An
         raise ConfigError(
             f"{source}: key 'data.trackml_dir' is required when data.source is trackml"
         )
-    for training in TRAININGS:
-        section = resolved[training]
-        if section["epochs"] % section["val_every"]:
-            # Lightning validates after epochs divisible by val_every: the last must be one.
-            raise ConfigError(
-                f"{source}: key '{training}.val_every': {section['val_every']} does not divide "
-                f"{training}.epochs ({section['epochs']}), so the last epoch would not be validated"
-            )
     return resolved
 
 

@@ -103,6 +103,21 @@ class EpochReport(pl.Callback):
             self.on_metrics(metrics, epoch)
 
 
+class ValidateEvery(pl.Callback):
+    """Validate after every ``every``-th epoch and after the last one.
+
+    Lightning's ``check_val_every_n_epoch`` alone would skip the last epoch when ``every`` does
+    not divide the epochs; the fit loop reads it afresh each epoch, so the last gets 1.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        trainer.check_val_every_n_epoch = 1 if last else self.every
+
+
 def make_trainer(
     device: str,
     max_epochs: int,
@@ -196,13 +211,13 @@ def train_stage(
         callbacks: the stage's own callbacks, run before the epoch report (figures they put in
             ``trainer.callback_metrics`` are reported with the epoch).
         max_steps: stop after this many optimizer steps (a shortened run: never an error).
-        val_every: validate after every this many epochs (the config makes it divide
-            ``epochs``); the weights do not depend on it.
+        val_every: validate after every this many epochs and after the last; the weights do
+            not depend on it.
         trainer_overrides: further ``Trainer`` arguments (strategy, precision, ...).
     """
     final = Path(ckpt_path) if ckpt_path is not None else None
     resume_from = _resume_checkpoint(module, kind, final, epochs) if final is not None else None
-    own: list[pl.Callback] = [*callbacks]
+    own: list[pl.Callback] = [ValidateEvery(val_every), *callbacks]
     if final is not None:
         # Save before reporting: a failing metrics sink must not cost the epoch.
         own.append(LastCheckpoint(last_checkpoint_path(final)))
@@ -214,7 +229,6 @@ def train_stage(
         epochs,
         callbacks=own,
         root_dir=final.parent if final is not None else Path.cwd(),
-        check_val_every_n_epoch=val_every,
         **trainer_overrides,
     )
     trainer.fit(
