@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from trackgnn.io import save_tensors
 from trackgnn.models.checkpoint import load_model, read_checkpoint
 from trackgnn.models.embedding import EmbeddingNet
 from trackgnn.training.checkpoint import last_checkpoint_path
-from trackgnn.training.driver import format_duration
+from trackgnn.training.driver import ValidateEvery, format_duration
 from trackgnn.training.embedding import train_embedding
 
 
@@ -36,6 +37,23 @@ def weights(path):
 
 def test_durations_read_as_hours_minutes_seconds():
     assert [format_duration(s) for s in (0.4, 42, 185, 3725)] == ["0s", "42s", "3m05s", "1h02m"]
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "validated"),
+    [(5, [False, True, False, True, True]), (-1, [False, True, False, True, False])],
+)
+def test_validation_runs_every_nth_epoch_and_after_the_last(max_epochs, validated):
+    """``-1`` is a step-bounded run: it has no last epoch, so only every n-th is validated."""
+    trainer = SimpleNamespace(max_epochs=max_epochs, check_val_every_n_epoch=1)
+    callback = ValidateEvery(2)
+    got = []
+    for epoch in range(5):
+        trainer.current_epoch = epoch
+        callback.on_train_epoch_start(trainer, None)
+        # the fit loop's own test (training_epoch_loop._should_check_val_epoch)
+        got.append((epoch + 1) % trainer.check_val_every_n_epoch == 0)
+    assert got == validated
 
 
 def test_killed_training_resumes_from_the_last_epoch(tmp_path, capsys):

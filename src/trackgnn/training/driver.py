@@ -114,7 +114,9 @@ class ValidateEvery(pl.Callback):
         self.every = every
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        # A step-bounded run (max_epochs -1) has no last epoch to single out.
+        bounded = trainer.max_epochs is not None and trainer.max_epochs > 0
+        last = bounded and trainer.current_epoch + 1 >= trainer.max_epochs
         trainer.check_val_every_n_epoch = 1 if last else self.every
 
 
