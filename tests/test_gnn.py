@@ -352,6 +352,26 @@ def test_trackml_pt_weights_favour_high_pt_true_edges_and_leave_fakes_at_one() -
     assert by_track[2] / by_track[0] == pytest.approx(5.0)
 
 
+def test_trackml_pt_boost_weights_only_weight_high_pt_true_edges_up() -> None:
+    from trackgnn.event_data import EventGraph
+    from trackgnn.training.gnn import training_batch
+
+    contents = toy_event(7, n_tracks=5, hits_per_track=5, n_fake=50)
+    track = contents["particle_id"] - 1
+    contents["pt"] = torch.tensor([0.01, 0.3, 1.0, 3.0, 10.0])[track]
+    graph = EventGraph.from_dict(contents, "toy")
+    true = graph.y_pid > 0.5
+    settings = small_cfg(Path("unused"), true_edge_weights="trackml_pt_boost").gnn
+    weighted = training_batch(graph, settings, 0.5)
+    assert torch.equal(weighted.weight[~true], torch.ones(int((~true).sum())))
+    edge_track = track[graph.edge_index[0]]
+    # no true edge below a fake (0.01 GeV has TrackML weight 0); 0.36 / 0.2 at 1 GeV; 5 from 3
+    for t, expected in enumerate([1.0, 1.0, 0.36 / 0.2, 5.0, 5.0]):
+        weights = weighted.weight[true & (edge_track == t)]
+        assert len(weights) > 0
+        assert weights.tolist() == pytest.approx([expected] * len(weights))
+
+
 def test_signal_weights_drop_only_true_edges_of_particles_below_signal_pt() -> None:
     from trackgnn.event_data import EventGraph
     from trackgnn.training.gnn import training_batch

@@ -132,7 +132,7 @@ class GNNConfig:
     epochs: int
     world_size: int
     pos_weight: float
-    true_edge_weights: Literal["uniform", "trackml_pt", "signal"]
+    true_edge_weights: Literal["uniform", "trackml_pt", "trackml_pt_boost", "signal"]
     # how long ranks wait for each other: when a failure is reported, not what is learnt
     dist_timeout_s: float = _trains()
     # validation only reports: the weights do not depend on how often it runs

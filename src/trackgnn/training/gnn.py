@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -209,6 +210,23 @@ def trackml_pt_edge_weights(graph: EventGraph) -> Tensor:
     return weight
 
 
+def trackml_pt_boost_edge_weights(graph: EventGraph) -> Tensor:
+    """Loss weights ``[E]``: 1 for fake edges, the TrackML pT weight over its low-pT floor for
+    true edges: 1 up to 0.5 GeV, rising linearly to 5 at 3 GeV.
+
+    Like :func:`trackml_pt_edge_weights` it favours the tracks the TrackML score counts most,
+    but it only weights up: no true edge counts less than a fake one. Normalised to mean 1,
+    the TrackML weights put the far more numerous low-pT true edges below the fakes.
+    """
+    weight = torch.ones(graph.n_edges)
+    true = graph.y_pid > 0.5
+    pt = graph.pt[graph.edge_index[0, true]].double().numpy()
+    floor = float(weight_pt(np.array([0.5]))[0])
+    boost = torch.from_numpy(weight_pt(pt) / floor).float()
+    weight[true] = boost.clamp(min=1.0)  # below 0.05 GeV the TrackML weight is 0
+    return weight
+
+
 def signal_edge_weights(graph: EventGraph, signal_pt: float) -> Tensor:
     """Loss weights ``[E]``: 0 for true edges of particles below ``signal_pt`` GeV, else 1.
 
@@ -229,6 +247,8 @@ def training_batch(graph: EventGraph, settings: GNNConfig, signal_pt: float) -> 
     batch = graph.to_batch()
     if settings.true_edge_weights == "trackml_pt":
         batch = replace(batch, weight=trackml_pt_edge_weights(graph))
+    elif settings.true_edge_weights == "trackml_pt_boost":
+        batch = replace(batch, weight=trackml_pt_boost_edge_weights(graph))
     elif settings.true_edge_weights == "signal":
         batch = replace(batch, weight=signal_edge_weights(graph, signal_pt))
     return batch
